@@ -1,0 +1,227 @@
+"""Loading, overriding, checking and saving configs.
+
+A config file is Python that builds an EasyDict named `config`, starting from `base_config()` (or
+from another config file's function) and setting only what differs. Every script chooses one with
+`--config PATH` and overrides keys with `--opts key=value ...` (values are Python literals; a bare
+word is a string). Unknown keys, wrong types and impossible values are errors that name the key.
+"""
+import argparse
+import ast
+import os
+import pprint
+import runpy
+
+from easydict import EasyDict
+
+from .base import NULLABLE, PATH_KEYS, base_config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKBONES = ('mit_b0', 'mit_b1', 'mit_b2', 'mit_b3', 'mit_b4', 'mit_b5')
+STAGE_LOSSES = ('loss1', 'loss2', 'loss3', 'loss4')
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is of the wrong type or out of range."""
+
+
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _unit(v):
+    return 0 <= v <= 1
+
+
+def _positive_list(v):
+    return len(v) > 0 and all(isinstance(x, (int, float)) and x > 0 for x in v)
+
+
+def _one_of(*choices):
+    return (lambda v: v in choices), f'one of {choices}'
+
+
+# key -> (predicate, what the value must be)
+CHECKS = {
+    'lr': (_positive, 'a positive number'),
+    'lr_power': (_positive, 'a positive number'),
+    'weight_decay': (_non_negative, 'a number >= 0'),
+    'momentum': (_unit, 'a number in [0, 1]'),
+    'batch_size': (_positive, 'a positive integer'),
+    'nepochs': (_positive, 'a positive integer'),
+    'niters_per_epoch': (_positive, 'a positive integer'),
+    'warm_up_epoch': (_non_negative, 'an integer >= 0'),
+    'num_workers': (_non_negative, 'an integer >= 0'),
+    'num_classes': (_positive, 'a positive integer'),
+    'num_train_imgs': (_positive, 'a positive integer'),
+    'num_eval_imgs': (_positive, 'a positive integer'),
+    'image_height': (_positive, 'a positive integer'),
+    'image_width': (_positive, 'a positive integer'),
+    'decoder_embed_dim': (_positive, 'a positive integer'),
+    'drop_path_rate': (lambda v: 0 <= v < 1, 'a number in [0, 1)'),
+    'bn_eps': (_positive, 'a positive number'),
+    'teacher_bn_eps': (_positive, 'a positive number'),
+    'bn_momentum': (_unit, 'a number in [0, 1]'),
+    'distillation_alpha': (_non_negative, 'a number >= 0'),
+    'distillation_beta': (_non_negative, 'a number >= 0'),
+    'lambda_mask': (_unit, 'a number in [0, 1]'),
+    'eval_stride_rate': (lambda v: 0 < v <= 1, 'a number in (0, 1]'),
+    'eval_step': (_positive, 'a positive integer'),
+    'checkpoint_step': (_positive, 'a positive integer'),
+    'checkpoint_start_epoch': (_non_negative, 'an integer >= 0'),
+    'background': (lambda v: 0 <= v <= 255, 'an integer in [0, 255]'),
+    'eval_crop_size': (lambda v: len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v),
+                       'two positive integers [height, width]'),
+    'train_scale_array': (_positive_list, 'a non-empty list of positive numbers'),
+    'eval_scale_array': (_positive_list, 'a non-empty list of positive numbers'),
+    'norm_mean': (lambda v: len(v) == 3, 'three numbers'),
+    'norm_std': (lambda v: len(v) == 3 and all(x > 0 for x in v), 'three positive numbers'),
+    'losses': (lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(STAGE_LOSSES),
+               f'a non-empty list of distinct names from {STAGE_LOSSES}'),
+    'backbone': _one_of(*BACKBONES),
+    'decoder': _one_of('MLPDecoder'),
+    'optimizer': _one_of('AdamW', 'SGDM'),
+    'select': _one_of('max', 'min', 'none'),
+    'mask_single': _one_of('hint', 'mask_hint'),
+    'distillation_flag': _one_of(0, 1),
+    'distillation_single': _one_of(0, 1),
+    'channel_order': _one_of('bgr', 'rgb'),
+    'amp': _one_of('auto', 'bf16', 'fp16', 'none'),
+    'eval_mode': _one_of('sliding', 'whole'),
+}
+
+
+def _expected_type(key, default):
+    if default is None:
+        return NULLABLE[key]
+    return type(default)
+
+
+def _check_type(key, value, expected, source):
+    if value is None and key in NULLABLE:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is list and isinstance(value, tuple):
+        value = list(value)
+    if expected is int and isinstance(value, bool):
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(f"config key '{key}' ({source}): expected {expected.__name__}, "
+                          f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def validate(cfg, source='config'):
+    """Checks keys, types and ranges in place; returns cfg. Raises ConfigError naming the key."""
+    defaults = base_config()
+    unknown = sorted(set(cfg) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} ({source}); "
+                          f"known keys are listed in config/base.py")
+    for key, default in defaults.items():
+        if key not in cfg:
+            cfg[key] = default
+        cfg[key] = _check_type(key, cfg[key], _expected_type(key, default), source)
+        value = cfg[key]
+        if value is not None and key in CHECKS:
+            predicate, what = CHECKS[key]
+            if not predicate(value):
+                raise ConfigError(f"config key '{key}' ({source}): expected {what}, got {value!r}")
+    if len(cfg.class_names) != cfg.num_classes:
+        raise ConfigError(f"config key 'class_names' ({source}): {len(cfg.class_names)} names "
+                          f"for num_classes={cfg.num_classes}")
+    return cfg
+
+
+def parse_overrides(items):
+    """['lr=1e-4', 'backbone=mit_b2'] -> {'lr': 1e-4, 'backbone': 'mit_b2'}."""
+    overrides = {}
+    for item in items or []:
+        key, sep, text = item.partition('=')
+        if not sep or not key:
+            raise ConfigError(f"--opts expects key=value, got {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare word such as mit_b2
+        overrides[key.strip()] = value
+    return overrides
+
+
+def _resolve_paths(cfg):
+    for key in PATH_KEYS:
+        if cfg[key] is not None and not os.path.isabs(cfg[key]):
+            cfg[key] = os.path.normpath(os.path.join(REPO_ROOT, cfg[key]))
+    if cfg.log_dir is None:
+        cfg.log_dir = os.path.join(REPO_ROOT, 'log', f'{cfg.dataset_name}_{cfg.backbone}')
+
+
+def load_config(path, overrides=None):
+    """Runs the config file at `path`, applies `overrides` (a dict or a list of 'key=value'),
+    checks the result and fills in derived values. Returns an EasyDict."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' does not exist (configs are in {REPO_ROOT}/config)")
+    namespace = runpy.run_path(path)
+    if not isinstance(namespace.get('config'), dict):
+        raise ConfigError(f"config file '{path}' must define an EasyDict named 'config'")
+    cfg = EasyDict(namespace['config'])
+    validate(cfg, source=path)
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        unknown = sorted(set(overrides) - set(cfg))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown} (--opts); "
+                              f"known keys are listed in config/base.py")
+        cfg.update(overrides)
+        validate(cfg, source='--opts')
+    if cfg.niters_per_epoch is None:
+        cfg.niters_per_epoch = cfg.num_train_imgs // cfg.batch_size + 1
+    _resolve_paths(cfg)
+    return cfg
+
+
+def config_to_text(cfg):
+    """The resolved config as Python source that load_config accepts back."""
+    body = pprint.pformat(dict(cfg), sort_dicts=True, width=100)
+    return ('# Resolved config, written by the PrimKD framework.\n'
+            'from easydict import EasyDict\n\n'
+            f'config = EasyDict({body})\n')
+
+
+def save_config(cfg, path):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write(config_to_text(cfg))
+    os.replace(tmp, path)
+
+
+def add_config_args(parser, default='config/nyu_b4.py'):
+    """The two arguments every script uses to choose and override a config."""
+    parser.add_argument('-c', '--config', default=default, help='config file (default: %(default)s)')
+    parser.add_argument('--opts', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config keys, values as Python literals, e.g. lr=1e-4')
+    return parser
+
+
+def config_from_args(args, parser):
+    """load_config for a script: a bad config ends the script with one line naming the key."""
+    try:
+        return load_config(args.config, args.opts)
+    except ConfigError as e:
+        parser.error(str(e))
+
+
+def main(argv=None):
+    parser = add_config_args(argparse.ArgumentParser(
+        prog='python -m config', description='Print a resolved config.'))
+    parser.add_argument('path', nargs='?', help='config file (same as --config)')
+    args = parser.parse_args(argv)
+    args.config = args.path or args.config
+    print(config_to_text(config_from_args(args, parser)), end='')

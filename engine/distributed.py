@@ -1,0 +1,93 @@
+"""Process-group set-up for torchrun, and the few collective helpers the scripts need.
+
+One process (no torchrun) is a world of size 1: every helper here works there too, so the training
+and evaluation code has a single path. Under torchrun the backend is NCCL when CUDA is available and
+gloo otherwise (multi-process runs on CPU).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = 'auto') -> DistInfo:
+    """Joins the torchrun process group if there is one. `device`: 'auto' (CUDA if available), 'cpu'
+    or 'cuda'."""
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', 0))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    use_cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda was asked for, but CUDA is not available')
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device('cuda', local_rank)
+    else:
+        dev = torch.device('cpu')
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if use_cuda else 'gloo',
+                                **({'device_id': dev} if use_cuda else {}))
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier():
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes, in place, returned for convenience (identity in one process)."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(tensor) / get_world_size()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Sends a picklable object from `src` to every process (identity in one process)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup():
+    if is_dist():
+        dist.destroy_process_group()

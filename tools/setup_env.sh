@@ -1,0 +1,42 @@
+# Sourced by train.sh, val.sh and test.sh: sets PYTHON to the interpreter the project runs with.
+#
+# * Inside an activated virtualenv or conda env, or with PRIMKD_NO_VENV=1, that environment's
+#   `python` is used as it is and nothing is installed.
+# * Otherwise the project's own environment .venv/ is created on first use and the tested set
+#   (requirements.txt constrained by requirements-lock.txt) is installed into it. Later runs reuse it
+#   and reinstall only when one of the two requirement files changed.
+# PRIMKD_PYTHON chooses the interpreter that creates .venv (default: python3).
+
+_primkd_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [ "${PRIMKD_NO_VENV:-0}" = "1" ] || [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+    PYTHON="$(command -v python || command -v python3)"
+    if [ -z "$PYTHON" ]; then
+        echo "error: no python found in the active environment (PATH=$PATH)" >&2
+        exit 1
+    fi
+else
+    _venv="$_primkd_root/.venv"
+    _stamp="$_venv/.requirements.sha256"
+    _want="$(cat "$_primkd_root/requirements.txt" "$_primkd_root/requirements-lock.txt" | sha256sum | cut -d' ' -f1)"
+    if [ ! -x "$_venv/bin/python" ]; then
+        echo ">> creating the project environment in $_venv" >&2
+        "${PRIMKD_PYTHON:-python3}" -m venv "$_venv" || {
+            echo "error: could not create $_venv with ${PRIMKD_PYTHON:-python3} -m venv" >&2
+            exit 1
+        }
+    fi
+    if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
+        echo ">> installing requirements.txt (pinned by requirements-lock.txt) into $_venv" >&2
+        rm -f "$_stamp"
+        "$_venv/bin/python" -m pip install --disable-pip-version-check \
+            -r "$_primkd_root/requirements.txt" -c "$_primkd_root/requirements-lock.txt" >&2 || {
+            echo "error: installing the requirements failed (pip's message is above); fix it and run again" >&2
+            exit 1
+        }
+        echo "$_want" > "$_stamp"
+    fi
+    PYTHON="$_venv/bin/python"
+fi
+export PYTHON
+cd "$_primkd_root"
