@@ -1,0 +1,187 @@
+"""Converts a folder of 16-bit depth PNGs to HHA PNGs (file channels R = disparity, G = height,
+B = angle, as the MATLAB program of Gupta et al. writes them).
+
+    python tools/depth2hha.py --depth-dir datasets/NYUDepthv2/Depth --out-dir datasets/NYUDepthv2/HHA \\
+        --depth-scale 10000
+
+Depth values are PNG value / --depth-scale metres (default 1000: millimetres; the shared NYU
+fixture frame uses 10000). With --raw-dir, pixels whose raw depth (same file name) is 0 are left
+out of the normal estimation. The MATLAB HHA of the NYU fixture frame was made without such a mask
+(its call passed the in-painted depth as the raw depth too), and this tool reproduces it exactly
+without --raw-dir.
+"""
+import argparse
+import functools
+import multiprocessing
+import os
+import sys
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+# Run as `python tools/depth2hha.py`: make the repository's packages importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+PNG_GREY = 0
+
+
+class ConversionError(ValueError):
+    """A bad input folder or file; the message names it."""
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description='Depth PNGs -> HHA PNGs; the camera defaults to the NYU Depth V2 colour camera',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--depth-dir', required=True, help='folder of 16-bit depth PNGs')
+    parser.add_argument('--out-dir', required=True, help='folder for the HHA PNGs (same names)')
+    parser.add_argument('--raw-dir', default=None,
+                        help='optional folder of raw 16-bit depth PNGs with the same names; '
+                             'their zeros mark pixels left out of the normal estimation')
+    parser.add_argument('--depth-scale', type=float, default=1000.0,
+                        help='PNG value / depth-scale = metres (1000: millimetres; '
+                             'the shared NYU fixture frame: 10000)')
+    parser.add_argument('--fx', type=float, default=NYU_CAMERA[0, 0], help='focal length x (px)')
+    parser.add_argument('--fy', type=float, default=NYU_CAMERA[1, 1], help='focal length y (px)')
+    parser.add_argument('--cx', type=float, default=NYU_CAMERA[0, 2], help='principal point x (px)')
+    parser.add_argument('--cy', type=float, default=NYU_CAMERA[1, 2], help='principal point y (px)')
+    parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)),
+                        help='worker processes (all available cores)')
+    parser.add_argument('--overwrite', action='store_true', help='redo existing outputs')
+    return parser
+
+
+def check_png_header(path):
+    """Raises ConversionError unless ``path`` starts like a 16-bit greyscale PNG (cheap: 26 bytes)."""
+    with open(path, 'rb') as f:
+        header = f.read(26)
+    if len(header) < 26 or not header.startswith(PNG_SIGNATURE) or header[12:16] != b'IHDR':
+        raise ConversionError(f'{path}: not a PNG file')
+    bit_depth, colour_type = header[24], header[25]
+    if bit_depth != 16 or colour_type != PNG_GREY:
+        raise ConversionError(f'{path}: expected a 16-bit greyscale depth PNG, got bit depth '
+                              f'{bit_depth} and PNG colour type {colour_type}')
+
+
+def read_depth_png(path):
+    depth = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise ConversionError(f'{path}: cannot be read as an image (corrupt PNG?)')
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise ConversionError(f'{path}: expected a 16-bit single-channel depth PNG, got '
+                              f'{depth.dtype} with shape {depth.shape}')
+    return depth
+
+
+def plan_jobs(args):
+    """Checks every input before any work and returns the (depth, raw or None, out) path triples
+    still to do, and how many outputs were skipped because they exist."""
+    for flag, folder in (('--depth-dir', args.depth_dir), ('--raw-dir', args.raw_dir)):
+        if folder is not None and not os.path.isdir(folder):
+            raise ConversionError(f'{flag} {folder}: no such folder')
+    for flag in ('fx', 'fy', 'depth_scale'):
+        if not getattr(args, flag) > 0:
+            raise ConversionError(f'--{flag.replace("_", "-")} must be positive, got {getattr(args, flag)}')
+    if args.workers < 1:
+        raise ConversionError(f'--workers must be at least 1, got {args.workers}')
+    inputs = {os.path.realpath(args.depth_dir), os.path.realpath(args.raw_dir or args.depth_dir)}
+    if os.path.realpath(args.out_dir) in inputs:
+        raise ConversionError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
+
+    names = sorted(n for n in os.listdir(args.depth_dir) if n.lower().endswith('.png'))
+    if not names:
+        raise ConversionError(f'--depth-dir {args.depth_dir}: no .png files')
+    jobs, skipped = [], 0
+    for name in names:
+        depth_path = os.path.join(args.depth_dir, name)
+        raw_path = os.path.join(args.raw_dir, name) if args.raw_dir else None
+        out_path = os.path.join(args.out_dir, os.path.splitext(name)[0] + '.png')
+        check_png_header(depth_path)
+        if raw_path is not None:
+            if not os.path.isfile(raw_path):
+                raise ConversionError(f'{raw_path}: raw depth for {depth_path} is missing')
+            check_png_header(raw_path)
+        if os.path.exists(out_path) and not args.overwrite:
+            skipped += 1
+            continue
+        jobs.append((depth_path, raw_path, out_path))
+    return jobs, skipped
+
+
+def convert(job, depth_scale, camera):
+    depth_path, raw_path, out_path = job
+    depth = read_depth_png(depth_path)
+    missing = None
+    if raw_path is not None:
+        raw = read_depth_png(raw_path)
+        if raw.shape != depth.shape:
+            raise ConversionError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
+        missing = raw == 0
+    hha = depth_to_hha(depth / depth_scale, missing, camera)
+    ok, png = cv2.imencode('.png', np.ascontiguousarray(hha[..., ::-1]))
+    if not ok:
+        raise ConversionError(f'{out_path}: PNG encoding failed')
+    # Write to a temporary file and rename, so an interrupted run never leaves a truncated PNG.
+    tmp_path = os.path.join(os.path.dirname(out_path),
+                            f'.{os.path.basename(out_path)}.{os.getpid()}.tmp')
+    with open(tmp_path, 'wb') as f:
+        f.write(png.tobytes())
+    os.replace(tmp_path, out_path)
+
+
+def _convert_in_worker(job, depth_scale, camera):
+    # Errors come back as messages naming the file, so one bad file does not stop the others.
+    try:
+        convert(job, depth_scale, camera)
+        return None
+    except ConversionError as error:
+        return str(error)
+    except (ValueError, OSError) as error:
+        return f'{job[0]}: {error}'
+
+
+def _init_worker():
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        jobs, skipped = plan_jobs(args)
+    except ConversionError as error:
+        sys.exit(f'error: {error}')
+    camera = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
+    os.makedirs(args.out_dir, exist_ok=True)
+    print(f'{len(jobs)} to convert, {skipped} existing skipped (--overwrite to redo them)')
+
+    if not jobs:
+        return
+    workers = min(args.workers, len(jobs))
+    progress = tqdm(total=len(jobs), desc='HHA', unit='img')
+    if workers <= 1:
+        results = (_convert_in_worker(job, args.depth_scale, camera) for job in jobs)
+        errors = _collect(results, progress)
+    else:
+        with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
+            results = pool.imap_unordered(
+                functools.partial(_convert_in_worker, depth_scale=args.depth_scale, camera=camera), jobs)
+            errors = _collect(results, progress)
+    progress.close()
+    if errors:
+        sys.exit(f'error: {len(errors)} of {len(jobs)} files failed:\n' + '\n'.join(errors))
+
+
+def _collect(results, progress):
+    errors = []
+    for error in results:
+        if error is not None:
+            errors.append(error)
+        progress.update()
+    return errors
+
+
+if __name__ == '__main__':
+    main()
