@@ -1,0 +1,323 @@
+"""Every checkpoint layout the project reads or writes, in one place.
+
+Layouts:
+* project: `model.state_dict()` of `build_model`, saved by the trainer as
+  {'format': 'primkd', 'role': ..., 'model': state_dict, ...}.
+* official PrimKD / CMX: {'model': state_dict, ...}, keys `backbone.*` (MiT names `patch_embed{k}`,
+  `block{k}.{i}`, `norm{k}`; the student adds `extra_*`, `FRMs.{i}`, `FFMs.{i}`) and `decode_head.*`
+  (the decoder plus the distillation heads `align_loss{k}` / `conv_loss{k}`), possibly prefixed
+  `module.`. The official teacher `nyu-rgb.pth` is the single-branch model in the same style.
+* SegFormer ImageNet encoders `mit_b*.pth`: bare MiT keys plus the classifier `head.*` (dropped).
+
+Decisions:
+* Distillation heads are training-only. A checkpoint's heads are loaded when the model has heads;
+  a model without heads (teacher, or a student built with distill=False for evaluation) ignores
+  them without complaint.
+* Loading is strict by default: every missing, unexpected or wrongly shaped tensor is named in one
+  error. A teacher checkpoint given to a student (or the reverse), another backbone size or another
+  class count gets its own message first.
+* Everything is read with torch.load(weights_only=True): a downloaded .pth is untrusted pickle.
+"""
+import os
+import re
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from .encoders.mit import MIT_SIZES, NUM_STAGES
+
+IMAGENET_HELP = ("download the SegFormer release's ImageNet-1k encoder weights (mit_b0.pth .. "
+                 "mit_b5.pth) and put them in pretrained/segformer/, or set pretrained_model=None "
+                 "to start from random weights")
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # DistributedDataParallel, torch.compile
+HEADS_PREFIX = 'distill_heads.'
+MAX_LISTED = 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is absent, unreadable or does not fit the model."""
+
+
+# --- key names -------------------------------------------------------------------------------
+
+def _branch_to_official(key: str) -> Optional[str]:
+    """timm PVT-v2 name -> MiT name: 'stages.1.blocks.0.mlp.dwconv.weight' ->
+    'block2.0.mlp.dwconv.dwconv.weight'."""
+    if key.startswith('patch_embed.'):
+        return 'patch_embed1.' + key[len('patch_embed.'):]
+    match = re.fullmatch(r'stages\.(\d)\.(downsample|norm)\.(.+)', key)
+    if match:
+        stage, part, rest = match.groups()
+        name = 'patch_embed' if part == 'downsample' else 'norm'
+        return f'{name}{int(stage) + 1}.{rest}'
+    match = re.fullmatch(r'stages\.(\d)\.blocks\.(\d+)\.(.+)', key)
+    if match:
+        stage, block, rest = match.groups()
+        rest = re.sub(r'^mlp\.dwconv\.', 'mlp.dwconv.dwconv.', rest)
+        return f'block{int(stage) + 1}.{block}.{rest}'
+    return None
+
+
+def _branch_from_official(key: str) -> Optional[str]:
+    """MiT name -> timm PVT-v2 name (the inverse of _branch_to_official)."""
+    match = re.fullmatch(r'(patch_embed|norm|block)(\d)\.(.+)', key)
+    if not match:
+        return None
+    part, stage, rest = match.groups()
+    stage = int(stage) - 1
+    if not 0 <= stage < NUM_STAGES:
+        return None
+    if part == 'patch_embed':
+        return 'patch_embed.' + rest if stage == 0 else f'stages.{stage}.downsample.{rest}'
+    if part == 'norm':
+        return f'stages.{stage}.norm.{rest}'
+    match = re.fullmatch(r'(\d+)\.(.+)', rest)
+    if not match:
+        return None
+    block, rest = match.groups()
+    rest = re.sub(r'^mlp\.dwconv\.dwconv\.', 'mlp.dwconv.', rest)
+    return f'stages.{stage}.blocks.{block}.{rest}'
+
+
+def official_key(key: str) -> Optional[str]:
+    """Project key -> official PrimKD/CMX key (None if the key has no official counterpart)."""
+    for prefix, official_prefix in (('encoder.rgb.', 'backbone.'),
+                                    ('encoder.extra.', 'backbone.extra_')):
+        if key.startswith(prefix):
+            branch_key = _branch_to_official(key[len(prefix):])
+            return official_prefix + branch_key if branch_key else None
+    for prefix, official_prefix in (('encoder.rectify.', 'backbone.FRMs.'),
+                                    ('encoder.fuse.', 'backbone.FFMs.'),
+                                    ('decoder.', 'decode_head.')):
+        if key.startswith(prefix):
+            return official_prefix + key[len(prefix):]
+    match = re.fullmatch(r'distill_heads\.(loss\d)\.(align|generate)\.(.+)', key)
+    if match:
+        loss, part, rest = match.groups()
+        return f"decode_head.{'align' if part == 'align' else 'conv'}_{loss}.{rest}"
+    return None
+
+
+def project_key(key: str) -> Optional[str]:
+    """Official PrimKD/CMX key -> project key (None if unknown)."""
+    if key.startswith('backbone.'):
+        key = key[len('backbone.'):]
+        for prefix, project_prefix in (('FRMs.', 'encoder.rectify.'), ('FFMs.', 'encoder.fuse.')):
+            if key.startswith(prefix):
+                return project_prefix + key[len(prefix):]
+        branch = 'encoder.rgb.'
+        if key.startswith('extra_'):
+            branch, key = 'encoder.extra.', key[len('extra_'):]
+        branch_key = _branch_from_official(key)
+        return branch + branch_key if branch_key else None
+    if key.startswith('decode_head.'):
+        key = key[len('decode_head.'):]
+        match = re.fullmatch(r'(align|conv)_(loss\d)\.(.+)', key)
+        if match:
+            part, loss, rest = match.groups()
+            return f"{HEADS_PREFIX}{loss}.{'align' if part == 'align' else 'generate'}.{rest}"
+        return 'decoder.' + key
+    return None
+
+
+def to_official_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's state dict in the official PrimKD/CMX layout (heads included if present)."""
+    state = OrderedDict()
+    for key, value in _bare(model).state_dict().items():
+        name = official_key(key)
+        if name is None:
+            raise CheckpointError(f"to_official_state_dict: '{key}' has no official counterpart")
+        state[name] = value
+    return state
+
+
+# --- what a state dict holds ------------------------------------------------------------------
+
+class _Contents:
+    """Role, encoder size and class count read from a project-layout state dict."""
+
+    def __init__(self, state: Dict[str, torch.Tensor]):
+        keys = list(state)
+        if any(k.startswith(('encoder.extra.', 'encoder.rectify.', 'encoder.fuse.')) for k in keys):
+            self.role = 'student'
+        elif any(k.startswith('encoder.rgb.') for k in keys):
+            self.role = 'teacher'
+        else:
+            self.role = None
+        blocks = [set() for _ in range(NUM_STAGES)]
+        for key in keys:
+            match = re.match(r'encoder\.rgb\.stages\.(\d)\.blocks\.(\d+)\.', key)
+            if match and int(match.group(1)) < NUM_STAGES:
+                blocks[int(match.group(1))].add(int(match.group(2)))
+        self.depths = tuple(len(b) for b in blocks) if all(blocks) else None
+        width_keys = ['encoder.rgb.patch_embed.proj.weight'] + [
+            f'encoder.rgb.stages.{s}.downsample.proj.weight' for s in range(1, NUM_STAGES)]
+        self.widths = (tuple(state[k].shape[0] for k in width_keys)
+                       if all(k in state for k in width_keys) else None)
+        pred = state.get('decoder.linear_pred.weight')
+        self.num_classes = pred.shape[0] if pred is not None else None
+
+    def size_name(self) -> str:
+        for name, size in MIT_SIZES.items():
+            if size.depths == self.depths and size.embed_dims == self.widths:
+                return f"{name} ({size.describe()})"
+        return (f"an unknown MiT size (depths {'-'.join(map(str, self.depths or ()))}, "
+                f"widths {'-'.join(map(str, self.widths or ()))})")
+
+
+ROLE_TEXT = {'teacher': 'teacher (RGB-only, single-branch)',
+             'student': 'student (RGB + extra modality, CMX dual-branch)'}
+
+
+def _check_fits(model_contents: _Contents, contents: _Contents, source: str) -> None:
+    if contents.role and contents.role != model_contents.role:
+        raise CheckpointError(
+            f"{source} is a {ROLE_TEXT[contents.role]} checkpoint but the model is a "
+            f"{ROLE_TEXT[model_contents.role]}; load it into build_model(cfg, '{contents.role}')")
+    if ((contents.depths and contents.depths != model_contents.depths)
+            or (contents.widths and contents.widths != model_contents.widths)):
+        message = (f"{source} holds a {contents.size_name()} encoder but the model is "
+                   f"{model_contents.size_name()}; set the config's backbone to match the "
+                   f"checkpoint")
+        if contents.size_name().startswith('mit_b0') and model_contents.size_name().startswith(
+                'mit_b1'):
+            message += " (the official CMX/PrimKD code builds 'mit_b1' as B0: use mit_b0)"
+        raise CheckpointError(message)
+    if contents.num_classes is not None and contents.num_classes != model_contents.num_classes:
+        raise CheckpointError(
+            f"{source} predicts {contents.num_classes} classes but the model has "
+            f"num_classes={model_contents.num_classes}; use a checkpoint of the same dataset")
+
+
+# --- reading ------------------------------------------------------------------------------
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, '_orig_mod'):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _read(path, what: str, help_text: str = '') -> dict:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} '{path}' not found" + (f": {help_text}" if help_text
+                                                                    else ''))
+    try:
+        raw = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a truncated file or an arbitrary pickle: say which file
+        raise CheckpointError(f"{what} '{path}' cannot be read as a weights-only checkpoint: "
+                              f"{e}") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{what} '{path}' holds a {type(raw).__name__}, not a state dict")
+    return raw
+
+
+def _state_of(raw: dict, source: str) -> Dict[str, torch.Tensor]:
+    """The state dict inside a project or official checkpoint, without wrapper prefixes."""
+    state = raw.get('model') if isinstance(raw.get('model'), dict) else raw
+    tensors = OrderedDict()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: '{key}' is a {type(value).__name__}, not a tensor; "
+                                  f"expected a state dict or {{'model': state_dict, ...}}")
+        for prefix in WRAPPER_PREFIXES:
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        tensors[key] = value
+    return tensors
+
+
+def _is_official(state: Dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(('backbone.', 'decode_head.')) for k in state)
+
+
+def _listing(title: str, items: List[str]) -> str:
+    shown = items[:MAX_LISTED]
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ''
+    return f"\n  {title} ({len(items)}):" + ''.join(f"\n    {item}" for item in shown) + more
+
+
+def _same(key: str) -> str:
+    return key
+
+
+def _official_spelling(key: str) -> str:
+    return official_key(key) or key
+
+
+def _branch_spelling(key: str) -> str:
+    return _branch_to_official(key) or key
+
+
+def _match(module: nn.Module, state: Dict[str, torch.Tensor], source: str, strict: bool,
+           name=_same) -> Dict[str, torch.Tensor]:
+    """The tensors of `state` that fit `module`; with `strict`, any misfit is a CheckpointError that
+    names every missing, unexpected and wrongly shaped key (`name` gives the file's spelling)."""
+    expected = module.state_dict()
+    missing = [name(k) for k in expected if k not in state]
+    unexpected = [name(k) for k in state if k not in expected]
+    wrong_shape = [f"{name(k)}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+                   for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if strict and (missing or unexpected or wrong_shape):
+        message = f"{source} does not fit the model:"
+        for title, items in (('missing', missing), ('unexpected', unexpected),
+                             ('wrong shape', wrong_shape)):
+            if items:
+                message += _listing(title, items)
+        raise CheckpointError(message + "\n  (strict=False loads the tensors that fit)")
+    return {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
+
+
+def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True) -> dict:
+    """Loads a project or official PrimKD/CMX checkpoint (path or already loaded dict) into `model`
+    and returns the raw checkpoint dict (optimizer state etc. included)."""
+    model = _bare(model)
+    if isinstance(path_or_state, dict):
+        raw, source = path_or_state, 'the checkpoint'
+    else:
+        raw, source = _read(path_or_state, 'checkpoint'), f"checkpoint '{path_or_state}'"
+    state = _state_of(raw, source)
+    official = _is_official(state)
+    if official:
+        # Unknown keys keep their name, to be reported as unexpected.
+        state = OrderedDict((project_key(k) or k, v) for k, v in state.items())
+
+    _check_fits(_Contents(model.state_dict()), _Contents(state), source)
+    if getattr(model, 'distill_heads', None) is None:
+        state = {k: v for k, v in state.items() if not k.startswith(HEADS_PREFIX)}
+    spelling = _official_spelling if official else _same
+    model.load_state_dict(_match(model, state, source, strict, spelling), strict=False)
+    return raw
+
+
+def load_imagenet_encoder(model: nn.Module, path) -> None:
+    """Loads SegFormer ImageNet weights (mit_b*.pth) into the teacher's encoder or into both
+    branches of the student's; the classifier `head.*` is dropped. Always strict."""
+    model = _bare(model)
+    raw = _read(path, 'ImageNet encoder weights', IMAGENET_HELP)
+    source = f"ImageNet encoder weights '{path}'"
+    branch_state, unknown = OrderedDict(), []
+    for key, value in _state_of(raw, source).items():
+        if key.startswith('head.'):
+            continue
+        branch_key = _branch_from_official(key)
+        if branch_key is None:
+            unknown.append(key)
+        else:
+            branch_state[branch_key] = value
+    if unknown:
+        raise CheckpointError(f"{source} is not a SegFormer MiT encoder:"
+                              + _listing('unexpected', unknown))
+    encoder = model.encoder
+    contents = _Contents({'encoder.rgb.' + k: v for k, v in branch_state.items()})
+    model_contents = _Contents({'encoder.rgb.' + k: v for k, v in encoder.rgb.state_dict().items()})
+    _check_fits(model_contents, contents, source)
+    branches = [encoder.rgb, encoder.extra] if encoder.takes_extra else [encoder.rgb]
+    for branch in branches:
+        branch.load_state_dict(_match(branch, branch_state, source, True, _branch_spelling))

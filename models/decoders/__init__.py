@@ -1,0 +1,4 @@
+"""Decoders: the SegFormer all-MLP decoder."""
+from .mlp import MLPDecoder
+
+__all__ = ['MLPDecoder']

@@ -1,0 +1,153 @@
+"""PrimKD distillation: the student's reconstruct heads and the two distillation loss terms.
+
+The model only produces `reconstructions` from the heads; the losses are computed here:
+
+    kl   = alpha * mean over pixels of KL(teacher || student) over classes   (distillation_flag 1;
+           KL(student || teacher) for flag 0), on the input-size logits, ignored pixels included
+    feat = beta * select_k MSE(reconstruction_k, teacher_features[k - 1])   for the heads' stages
+
+`select` 'max' keeps the largest per-stage MSE (PrimKD's dynamic choice), 'min' the smallest,
+anything else no feature term. The cross-entropy is the trainer's.
+"""
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import STAGE_LOSSES
+
+from .decoders.mlp import init_conv_kaiming
+
+
+def stage_index(loss_name: str) -> int:
+    """'loss1' -> 0: the stage feature a head reconstructs."""
+    return STAGE_LOSSES.index(loss_name)
+
+
+class HintHead(nn.Module):
+    """`hint`: a 1x1 conv from the student's fused feature to the teacher's feature."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.align = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.align(x)
+
+
+class MaskedHintHead(nn.Module):
+    """`mask_hint` (masked generative distillation): 1x1 conv, then a random spatial mask keeping
+    each position with probability `keep_prob` (one draw per sample and position, shared by the
+    channels), then 3x3 conv, ReLU, 3x3 conv. The mask is part of the task (regenerate the teacher's
+    feature from a partial one), so it applies in eval mode too, as in the official code."""
+
+    def __init__(self, channels: int, keep_prob: float):
+        super().__init__()
+        self.keep_prob = keep_prob
+        self.align = nn.Conv2d(channels, channels, kernel_size=1)
+        self.generate = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        aligned = self.align(x)
+        batch, _, height, width = aligned.shape
+        keep = torch.rand(batch, 1, height, width, device=aligned.device) < self.keep_prob
+        return self.generate(aligned * keep.to(aligned.dtype))
+
+
+HEAD_TYPES = {'hint': HintHead, 'mask_hint': MaskedHintHead}
+
+
+class ReconstructHeads(nn.ModuleDict):
+    """One head per stage named in `losses` ('loss1' -> stage 1, i.e. features[0])."""
+
+    def __init__(self, channels: Sequence[int], losses: Sequence[str], head_type: str,
+                 keep_prob: float):
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"unknown reconstruct head type {head_type!r} (mask_single); "
+                             f"expected one of {sorted(HEAD_TYPES)}")
+        unknown = [name for name in losses if name not in STAGE_LOSSES]
+        if unknown or not losses:
+            raise ValueError(f"losses must be a non-empty list of names from {STAGE_LOSSES}, "
+                             f"got {list(losses)}")
+        heads = {}
+        for name in losses:
+            dim = channels[stage_index(name)]
+            heads[name] = HintHead(dim) if head_type == 'hint' else MaskedHintHead(dim, keep_prob)
+        super().__init__(heads)
+        init_conv_kaiming(self)
+
+    def forward(self, features: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {name: head(features[stage_index(name)]) for name, head in self.items()}
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the class dimension 1, averaged over every other position (in float32, as
+    low-precision logits lose the small probabilities)."""
+    log_p = F.log_softmax(p_logits.float(), dim=1)
+    log_q = F.log_softmax(q_logits.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+
+
+def _target(tensor: torch.Tensor) -> torch.Tensor:
+    """The teacher side as a constant. Tensors made under torch.inference_mode cannot be saved for
+    backward, so those are copied into normal tensors."""
+    tensor = tensor.detach()
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
+def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor]:
+    """The distillation terms from the student's and teacher's SegOutput.
+
+    Returns scalar tensors: 'kl' (times distillation_alpha), 'feat' (beta times the selected stage
+    MSE), 'feat_loss1'.. (raw per-stage MSE, detached, for logging) and 'feat_stage' (the selected
+    stage's 0-based feature index, -1 when none). The teacher side never receives gradients.
+    """
+    student_logits = student_out.logits
+    teacher_logits = _target(teacher_out.logits)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"distillation: student logits {tuple(student_logits.shape)} and teacher "
+                         f"logits {tuple(teacher_logits.shape)} differ; both models must see the "
+                         f"same input and have the same num_classes")
+    device = student_logits.device
+    losses = {}
+
+    if cfg.distillation_single == 1 and cfg.distillation_alpha != 0:
+        if cfg.distillation_flag == 1:
+            kl = kl_divergence(teacher_logits, student_logits)
+        else:
+            kl = kl_divergence(student_logits, teacher_logits)
+        losses['kl'] = cfg.distillation_alpha * kl
+    else:
+        losses['kl'] = torch.zeros((), device=device)
+
+    names = [name for name in STAGE_LOSSES if name in student_out.reconstructions]
+    stage_mse = []
+    for name in names:
+        reconstruction = student_out.reconstructions[name]
+        target = _target(teacher_out.features[stage_index(name)])
+        if reconstruction.shape != target.shape:
+            raise ValueError(f"distillation {name}: student reconstruction "
+                             f"{tuple(reconstruction.shape)} vs teacher stage feature "
+                             f"{tuple(target.shape)}; teacher and student need the same backbone")
+        mse = F.mse_loss(reconstruction.float(), target.float())
+        stage_mse.append(mse)
+        losses[f'feat_{name}'] = mse.detach()
+
+    if not stage_mse or cfg.select not in ('max', 'min'):
+        # Every head stays in the graph (zero gradient), as DistributedDataParallel needs.
+        losses['feat'] = sum(stage_mse) * 0.0 if stage_mse else torch.zeros((), device=device)
+        losses['feat_stage'] = torch.tensor(-1, device=device)
+        return losses
+    stacked = torch.stack(stage_mse)
+    chosen = stacked.detach().argmax() if cfg.select == 'max' else stacked.detach().argmin()
+    # A one-hot weighting rather than indexing: the gradient reaches only the chosen stage, yet
+    # every head stays in the graph, and nothing waits for the GPU to pick the stage.
+    selection = F.one_hot(chosen, len(names)).to(stacked.dtype)
+    losses['feat'] = cfg.distillation_beta * (stacked * selection).sum()
+    stages = torch.tensor([stage_index(name) for name in names], device=device)
+    losses['feat_stage'] = stages[chosen]
+    return losses

@@ -1,0 +1,95 @@
+"""Parameters and multiply-adds of the teacher or the student.
+
+    python tools/flops.py -c config/nyu_b4.py [--role teacher|student] [--size H W] [--opts ...]
+
+The main figures leave out the student's training-only distillation heads; a last line gives them
+with the heads of cfg.mask_single for cfg.losses (the figures quoted for the official PrimKD
+student, 139.9M / 158.3G for MiT-B4 at 480x640, include its `hint` heads; without them they are
+139.9M / 157.9G). Multiply-adds are counted by torch.utils.flop_counter.FlopCounterMode on one
+forward pass of batch size 1 in eval mode: convolutions and matrix products, attention included; the
+counter reports FLOPs = 2 x multiply-adds. Norms, activations, softmax, pooling and interpolation
+are not counted.
+
+On the CPU, timm's attention runs PyTorch's fused kernel
+`aten._scaled_dot_product_flash_attention_for_cpu`, for which the counter has no formula, so the
+attention products would silently count as zero; a formula for it is supplied here.
+"""
+import argparse
+import os
+import sys
+from typing import Dict
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Run as `python tools/flops.py`: make the repository's packages importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from config import add_config_args, config_from_args  # noqa: E402
+from models import build_model  # noqa: E402
+
+
+def cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
+                        **kwargs) -> int:
+    """FLOPs of the fused CPU attention kernel: Q K^T and (attention) V, 2 per multiply-add."""
+    batch, heads, queries, dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * queries * keys * (dim + value_dim)
+
+
+EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops}
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(model: torch.nn.Module, *inputs: torch.Tensor) -> Dict[str, int]:
+    """Multiply-adds of one forward pass of `model(*inputs)`: 'total' and one entry per child module
+    of the model (encoder, decoder, distill_heads)."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
+        model(*inputs)
+    flops = {name: sum(per_op.values()) for name, per_op in counter.get_flop_counts().items()}
+    root = type(model).__name__  # the counter names modules by class, then attribute path
+    macs = {'total': flops['Global'] // 2}
+    for name, _ in model.named_children():
+        macs[name] = flops.get(f'{root}.{name}', 0) // 2
+    return macs
+
+
+def main(argv=None):
+    parser = add_config_args(argparse.ArgumentParser(
+        description='Count the parameters and multiply-adds of the teacher or student.'))
+    parser.add_argument('--role', choices=('teacher', 'student'), default='student',
+                        help='which model (default: %(default)s)')
+    parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
+                        help="input height and width (default: the config's image size)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, parser)
+    height, width = args.size or (cfg.image_height, cfg.image_width)
+    if height < 32 or width < 32:
+        parser.error(f"--size must be at least 32 x 32 (the encoder's stride), "
+                     f"got {height} {width}")
+
+    # The student is built with its training-only heads so that both figures can be shown.
+    model = build_model(cfg, args.role, distill=args.role == 'student').eval()
+    rgb = torch.randn(1, 3, height, width)
+    inputs = (rgb, torch.randn_like(rgb)) if args.role == 'student' else (rgb,)
+    macs = count_macs(model, *inputs)
+    heads = model.distill_heads
+    head_params = count_parameters(heads) if heads is not None else 0
+    params = count_parameters(model) - head_params
+    model_macs = macs['total'] - macs.get('distill_heads', 0)
+
+    print(f"config {args.config}: {cfg.backbone} {args.role}, {cfg.num_classes} classes, "
+          f"input 1x3x{height}x{width}")
+    print(f"parameters:    {params / 1e6:.2f} M")
+    print(f"multiply-adds: {model_macs / 1e9:.2f} G (encoder {macs['encoder'] / 1e9:.2f} G, "
+          f"decoder {macs['decoder'] / 1e9:.2f} G)")
+    if heads is not None:
+        print(f"with the training-only {cfg.mask_single} heads for {', '.join(cfg.losses)}: "
+              f"{(params + head_params) / 1e6:.2f} M parameters, "
+              f"{macs['total'] / 1e9:.2f} G multiply-adds")
+
+
+if __name__ == '__main__':
+    main()
