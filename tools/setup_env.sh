@@ -40,3 +40,22 @@ else
 fi
 export PYTHON
 cd "$_primkd_root"
+
+# primkd_launch SCRIPT [ARGS...]: one process on a machine without GPUs, otherwise torchrun with one
+# process per visible GPU (CUDA_VISIBLE_DEVICES). NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT
+# describe a multi-node run (the same command on every node).
+primkd_launch() {
+    local script="$1"; shift
+    local ngpu nnodes="${NNODES:-1}"
+    if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
+        ngpu=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c '[0-9]' || true)
+    else
+        ngpu=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+    fi
+    if [ "$ngpu" -eq 0 ] && [ "$nnodes" -eq 1 ]; then
+        exec "$PYTHON" "$script" "$@"
+    fi
+    exec "$PYTHON" -m torch.distributed.run --nnodes="$nnodes" --node_rank="${NODE_RANK:-0}" \
+        --nproc_per_node="$(( ngpu > 0 ? ngpu : 1 ))" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
+        --master_port="${MASTER_PORT:-29500}" "$script" "$@"
+}

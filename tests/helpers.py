@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: a free port for torchrun, a tiny run config, event and metric readers."""
+import glob
+import json
+import os
+import socket
+import struct
+
+from tensorboardX.proto import event_pb2
+
+from config import REPO_ROOT
+
+DEMO_CONFIG = os.path.join(REPO_ROOT, 'config', 'demo.py')
+
+
+def free_port():
+    """A TCP port nobody listens on now (torchrun's --master_port=0 is not reliable)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def tiny_opts(dataset, log_dir, **extra):
+    """--opts for a run of a few seconds on the tiny synthetic dataset."""
+    opts = {'dataset_path': dataset, 'log_dir': log_dir, 'num_train_imgs': 8, 'num_eval_imgs': 4,
+            'image_height': 64, 'image_width': 64, 'eval_crop_size': [64, 64], 'backbone': 'mit_b0',
+            'decoder_embed_dim': 32, 'batch_size': 2, 'niters_per_epoch': 2, 'nepochs': 3,
+            'warm_up_epoch': 1, 'num_workers': 0, 'eval_step': 1, 'eval_mode': 'whole',
+            'train_scale_array': [0.75, 1.0, 1.25]}
+    opts.update(extra)
+    return [f'{k}={v!r}' for k, v in opts.items()]
+
+
+def read_scalars(event_dir):
+    """{tag: [(step, value), ...]} from the tfevents files of a folder (TFRecord framing:
+    length u64, crc u32, payload, crc u32)."""
+    scalars = {}
+    for path in sorted(glob.glob(os.path.join(event_dir, 'events.out.tfevents.*'))):
+        with open(path, 'rb') as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack('<Q', data[pos:pos + 8])
+            payload = data[pos + 12:pos + 12 + length]
+            pos += 12 + length + 4
+            event = event_pb2.Event()
+            event.ParseFromString(payload)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]

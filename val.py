@@ -1,0 +1,290 @@
+"""Evaluate PrimKD student (RGB-D) or teacher (RGB) checkpoints on the validation split.
+
+One process on a CPU or GPU, or several under torchrun (`bash val.sh` starts one per visible GPU);
+each process evaluates every world_size-th image. Examples:
+
+    python val.py --config config/nyu_b4.py -e pretrained/pre/nyu-b4.pth
+    python val.py -e best --scales 0.75 1 1.25 --flip            # multi-scale + flip
+    python val.py -e 100-500 --mode teacher                      # every epoch-N.pth in the range
+
+-e takes checkpoint files (this project's or the official PrimKD/CMX layout), run directories (their
+best.pth, else last.pth), or names inside the run directory <log_dir>/<mode>/: last, best, an epoch N
+(epoch-N.pth) or an epoch range START-END / START- ; several, comma- or space-separated. Every
+checkpoint is found and checked against the model before the first image is evaluated.
+
+Outputs: a per-class table and a summary line per checkpoint (console and val.log), a JSON file of
+all figures (--json, default <save_path or the checkpoint's folder>/eval_<name>.json), and with
+--save_path the predictions: pred/NAME.png holds prediction + 1 (the datasets' label convention,
+0 = unlabeled), color/NAME.png the same in the dataset palette.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import torch
+
+from config import add_config_args, config_from_args
+from dataloader.dataset import DatasetError, RGBXDataset
+from dataloader.transforms import EvalTransform
+from engine import distributed as du
+from engine.evaluator import evaluate
+from models.builder import build_model
+from models.checkpoints import CheckpointError, load_checkpoint
+from utils.metrics import format_metrics_table
+
+EPOCH_FILE = re.compile(r'epoch-(\d+)\.pth')
+EPOCH_RANGE = re.compile(r'(\d+)-(\d*)')
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    add_config_args(parser)
+    parser.add_argument('-e', '--epochs', dest='checkpoints', nargs='+', required=True,
+                        metavar='CHECKPOINT',
+                        help='checkpoint file, run directory, or last | best | N | START-END | START- '
+                             'in <log_dir>/<mode>/ (comma- or space-separated)')
+    parser.add_argument('--mode', choices=('student', 'teacher'), default='student',
+                        help='student: RGB-D model (default); teacher: RGB-only model')
+    parser.add_argument('--scales', type=float, nargs='+', metavar='S',
+                        help="input scales to average (default: the config's eval_scale_array)")
+    parser.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
+                        help="also average the horizontally flipped input (default: config's eval_flip)")
+    inference = parser.add_mutually_exclusive_group()
+    inference.add_argument('--sliding', dest='eval_mode', action='store_const', const='sliding',
+                           help='sliding-window inference with eval_crop_size / eval_stride_rate')
+    inference.add_argument('--whole', dest='eval_mode', action='store_const', const='whole',
+                           help="the whole image at once (default: the config's eval_mode)")
+    parser.add_argument('-p', '--save_path', metavar='DIR',
+                        help='write DIR/pred/NAME.png and DIR/color/NAME.png (one sub-folder per '
+                             'checkpoint when there are several)')
+    parser.add_argument('--side-by-side', action='store_true',
+                        help='colour images show input | prediction | ground truth')
+    parser.add_argument('--amp', choices=('bf16', 'fp16', 'none'), default='none',
+                        help='mixed-precision inference (default: none, full precision)')
+    parser.add_argument('--json', metavar='OUT',
+                        help='JSON file of the figures (a folder for eval_<name>.json files when '
+                             'several checkpoints are evaluated or OUT is a folder)')
+    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
+                        help='auto: CUDA when available (default)')
+    parser.add_argument('-d', '--devices',
+                        help='accepted for compatibility and ignored: choose GPUs with '
+                             'CUDA_VISIBLE_DEVICES (val.sh starts one process per visible GPU)')
+    return parser
+
+
+def epoch_files(run_dir):
+    """{epoch: path} of the epoch-N.pth files in a run directory."""
+    found = {}
+    for path in glob.glob(os.path.join(run_dir, 'epoch-*.pth')):
+        match = EPOCH_FILE.fullmatch(os.path.basename(path))
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def run_dir_checkpoint(folder, role):
+    """best.pth, else last.pth, of a run directory (or of its <role>/ sub-folder)."""
+    for run_dir in (folder, os.path.join(folder, role)):
+        for name in ('best.pth', 'last.pth'):
+            if os.path.isfile(os.path.join(run_dir, name)):
+                return os.path.join(run_dir, name)
+    raise ValueError(f"-e {folder}: the folder holds no best.pth or last.pth (nor its {role}/ "
+                     f"sub-folder)")
+
+
+def resolve_one(value, run_dir, role):
+    """The checkpoint files one -e value names, in epoch order; ValueError if there are none."""
+    if os.path.isfile(value):
+        return [value]
+    if os.path.isdir(value):
+        return [run_dir_checkpoint(value, role)]
+    where = f"run directory '{run_dir}' (<log_dir>/{role}; set log_dir with --opts log_dir=...)"
+    if value in ('last', 'best') or value.isdigit():
+        name = f'{value}.pth' if not value.isdigit() else f'epoch-{int(value)}.pth'
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            available = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, '*.pth')))
+            raise ValueError(f"-e {value}: no {name} in the {where}; it holds "
+                             f"{', '.join(available) if available else 'no checkpoints'}")
+        return [path]
+    match = EPOCH_RANGE.fullmatch(value)
+    if match:
+        start = int(match.group(1))
+        end = int(match.group(2)) if match.group(2) else math.inf
+        if start > end:
+            raise ValueError(f'-e {value}: the range starts after it ends')
+        epochs = epoch_files(run_dir)
+        chosen = [epochs[n] for n in sorted(epochs) if start <= n <= end]
+        if not chosen:
+            held = ', '.join(map(str, sorted(epochs))) if epochs else 'none'
+            raise ValueError(f"-e {value}: no epoch-N.pth with N in that range in the {where} "
+                             f"(epochs held: {held})")
+        return chosen
+    raise ValueError(f"checkpoint '{value}' does not exist (-e takes a checkpoint file, a run "
+                     f"directory, last, best, an epoch N or a range START-END)")
+
+
+def resolve_checkpoints(values, run_dir, role):
+    """Every checkpoint file the -e values name, in order, each once (absolute paths)."""
+    paths = []
+    for value in (v.strip() for arg in values for v in arg.split(',')):
+        if value:
+            paths += [os.path.abspath(p) for p in resolve_one(value, run_dir, role)]
+    return list(dict.fromkeys(paths))
+
+
+def checkpoint_name(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def output_paths(checkpoints, save_path, json_out):
+    """{checkpoint: (json file, prediction folder or None)}; ValueError if two would collide."""
+    several = len(checkpoints) > 1
+    json_is_folder = json_out is not None and (several or os.path.isdir(json_out))
+    outputs = {}
+    for path in checkpoints:
+        name = checkpoint_name(path)
+        if json_out is not None and not json_is_folder:
+            json_path = json_out
+        else:
+            json_path = os.path.join(json_out or save_path or os.path.dirname(path), f'eval_{name}.json')
+        prediction_dir = None if save_path is None else (
+            os.path.join(save_path, name) if several else save_path)
+        outputs[path] = (os.path.abspath(json_path), prediction_dir)
+    json_paths = [json_path for json_path, _ in outputs.values()]
+    for json_path in json_paths:
+        if json_paths.count(json_path) > 1:
+            clashing = [p for p, (j, _) in outputs.items() if j == json_path]
+            raise ValueError(f"checkpoints {clashing} would write the same '{json_path}'; "
+                             f"evaluate them in separate runs")
+    return outputs
+
+
+def read_weights(path):
+    """The checkpoint dict, memory-mapped: checking a file reads its model tensors only, not the
+    optimizer state that makes up most of a training checkpoint."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:  # a torn file or an arbitrary pickle: say which file
+        raise CheckpointError(f"cannot be read as a weights-only checkpoint: {e}") from e
+
+
+def load_weights(model, path):
+    try:
+        load_checkpoint(model, read_weights(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint '{path}': {e}") from e
+
+
+def json_ready(value):
+    """NaN (an undefined per-class figure) -> None, so the file is standard JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def summary_table(rows):
+    width = max(len('checkpoint'), *(len(path) for path, _ in rows))
+    lines = [f'{"checkpoint":<{width}}    mIoU    mAcc  pixacc   fwIoU   img/s']
+    for path, result in rows:
+        figures = ''.join(f'  {100 * result[k]:6.2f}' for k in ('miou', 'macc', 'pixel_acc', 'fwiou'))
+        lines.append(f'{path:<{width}}{figures}  {result["num_images"] / result["seconds"]:6.1f}')
+    return '\n'.join(lines)
+
+
+def report(result, settings, class_names, json_path):
+    """The per-class table to the console and to val.log beside the JSON file of all figures."""
+    table = format_metrics_table(result, class_names)
+    print(f'\n{settings["checkpoint"]}\n{table}')
+    record = {**settings, 'num_images': result['num_images'], 'seconds': result['seconds'],
+              'class_names': class_names,
+              **{k: json_ready(result[k]) for k in ('miou', 'macc', 'pixel_acc', 'fwiou', 'iou', 'acc')},
+              'hist': result['hist'].tolist()}
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    with open(json_path, 'w') as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(os.path.dirname(json_path), 'val.log'), 'a') as f:
+        options = ', '.join(f'{k} {settings[k]}' for k in ('role', 'mode', 'scales', 'flip', 'amp'))
+        f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {settings["checkpoint"]} ({options})\n'
+                f'{table}\n\n')
+
+
+def main(args, parser):
+    """Evaluates every checkpoint of -e; returns [(path, result dict)] (the same on every process)."""
+    cfg = config_from_args(args, parser)
+    dist_info = du.init_distributed(args.device)
+    role = args.mode
+
+    def fail(message):
+        """One line on the main process and exit status 2 on every process, before any image."""
+        if dist_info.is_main:
+            parser.exit(2, f'{parser.prog}: error: {message}\n')
+        sys.exit(2)
+
+    if args.devices is not None and dist_info.is_main:
+        print('note: -d/--devices is ignored; choose GPUs with CUDA_VISIBLE_DEVICES '
+              '(val.sh starts one process per visible GPU)', file=sys.stderr)
+    mode = args.eval_mode or cfg.eval_mode
+    scales = args.scales or cfg.eval_scale_array
+    flip = cfg.eval_flip if args.flip is None else args.flip
+    if any(s <= 0 for s in scales):
+        fail(f'--scales must be positive, got {scales}')
+    try:
+        checkpoints = resolve_checkpoints(args.checkpoints, os.path.join(cfg.log_dir, role), role)
+        outputs = output_paths(checkpoints, args.save_path, args.json)
+    except ValueError as e:
+        fail(str(e))
+    try:
+        dataset = RGBXDataset(cfg, 'val', EvalTransform(cfg))
+    except DatasetError as e:
+        fail(str(e))
+    model = build_model(cfg, role)
+    try:
+        for path in checkpoints:
+            load_weights(model, path)
+    except CheckpointError as e:
+        fail(str(e))
+    model.to(dist_info.device)
+
+    if dist_info.is_main:
+        print(f'{role} {cfg.backbone} on {cfg.dataset_name} ({len(dataset)} images of '
+              f'{cfg.eval_source}): {mode}'
+              + (f' (crop {cfg.eval_crop_size}, stride rate {cfg.eval_stride_rate:.3g})'
+                 if mode == 'sliding' else '')
+              + f', scales {scales}, flip {flip}, amp {args.amp}, {dist_info.world_size} '
+              f'process(es) on {dist_info.device.type}; {len(checkpoints)} checkpoint(s)')
+    results = []
+    loaded = checkpoints[-1]   # the model holds the last checkpoint checked
+    for path in checkpoints:
+        json_path, prediction_dir = outputs[path]
+        if path != loaded:
+            load_weights(model, path)
+            loaded = path
+        result = evaluate(model, cfg, dist_info, role, mode=mode, scales=scales, flip=flip,
+                          save_path=prediction_dir, amp=args.amp, side_by_side=args.side_by_side,
+                          dataset=dataset)
+        results.append((path, result))
+        if dist_info.is_main:
+            settings = {'checkpoint': path, 'role': role, 'config': os.path.abspath(args.config),
+                        'backbone': cfg.backbone, 'dataset': cfg.dataset_name,
+                        'eval_source': os.path.join(cfg.dataset_path, cfg.eval_source),
+                        'mode': mode, 'crop_size': cfg.eval_crop_size,
+                        'stride_rate': cfg.eval_stride_rate, 'scales': scales, 'flip': flip,
+                        'amp': args.amp, 'processes': dist_info.world_size}
+            report(result, settings, cfg.class_names, json_path)
+    if dist_info.is_main:
+        print(f'\nsummary ({role}, {mode}, scales {scales}, flip {flip})\n{summary_table(results)}')
+    du.cleanup()
+    return results
+
+
+if __name__ == '__main__':
+    parser = get_args_parser()
+    main(parser.parse_args(), parser)
