@@ -79,6 +79,22 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / get_world_size()
 
 
+def average_batchnorm_buffers(model: torch.nn.Module) -> None:
+    """Makes every process hold the mean BatchNorm running statistics.
+
+    Plain BatchNorm (CPU runs have no SyncBatchNorm) updates its running mean and variance from each
+    process's own batches, so they drift apart; DDP only copies rank 0's buffers at the next forward.
+    Averaging before validation and saving gives every rank the same model, close to what
+    SyncBatchNorm would have computed."""
+    if not is_dist():
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buffer in (module.running_mean, module.running_var):
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer /= get_world_size()
+
+
 def broadcast_object(obj, src: int = 0):
     """Sends a picklable object from `src` to every process (identity in one process)."""
     if not is_dist():

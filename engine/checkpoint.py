@@ -1,0 +1,96 @@
+"""Run checkpoints: atomic writes, RNG state capture, and finding the newest good one to resume."""
+import glob
+import os
+import random
+
+import numpy as np
+import torch
+
+from . import distributed as du
+
+CHECKPOINT_FORMAT = 'primkd'
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A process killed at any moment leaves either the old file or the new one, never a torn file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rng_state() -> dict:
+    """This process's RNG states as tensors and plain numbers, so that the checkpoint loads with
+    weights_only=True."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {'python': (version, torch.tensor(internal, dtype=torch.int64), gauss),
+             'numpy': (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+             'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+def all_rng_states() -> list:
+    """Every process's RNG state, in rank order (collective: all processes must call it)."""
+    mine = rng_state()
+    if not du.is_dist():
+        return [mine]
+    states = [None] * du.get_world_size()
+    torch.distributed.all_gather_object(states, mine)
+    return states
+
+
+def read_checkpoint(path: str) -> dict:
+    """Loads a project checkpoint; raises ValueError naming the file if it is not a readable one."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a torn or foreign file: report which one and why
+        raise ValueError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+        raise ValueError(f"'{path}' is not a training checkpoint of this project "
+                         f"(no 'format': '{CHECKPOINT_FORMAT}' entry)")
+    return ckpt
+
+
+def find_resume_checkpoint(run_dir: str, log=print):
+    """The newest readable checkpoint of a run directory (by epoch, then iteration), or None.
+
+    Unreadable files (e.g. a copy torn by a crash outside this project's atomic writer) are reported
+    and skipped, so a run resumes from the last good state."""
+    best = None
+    for path in sorted(glob.glob(os.path.join(run_dir, '*.pth'))):
+        try:
+            ckpt = read_checkpoint(path)
+        except ValueError as e:
+            log(f'skipping {e}')
+            continue
+        key = (ckpt['epoch'], ckpt['iteration'])
+        if best is None or key > best[0]:
+            best = (key, path)
+    return None if best is None else best[1]

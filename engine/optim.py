@@ -1,0 +1,38 @@
+"""The paper's optimisation: AdamW without decay on norms and biases, linear warm-up then poly decay."""
+import torch
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """Two groups: weights of linear and conv layers decay; biases and norm parameters do not.
+
+    Every 1-D parameter in these networks is a bias or a norm scale/shift, so the rank of a tensor
+    is the rule (the official code reaches the same split through module types)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{'params': decay, 'weight_decay': weight_decay},
+            {'params': no_decay, 'weight_decay': 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == 'AdamW':
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=fused or None)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def warmup_poly_factor(iteration: int, total_iters: int, warmup_iters: int, power: float) -> float:
+    """lr / base_lr at an iteration: linear from 0 during warm-up, then (1 - it / total) ** power
+    (the official WarmUpPolyLR: the poly term counts from iteration 0, not from the warm-up's end)."""
+    if iteration < warmup_iters:
+        return iteration / warmup_iters
+    return max(0.0, 1.0 - iteration / total_iters) ** power
+
+
+def build_scheduler(optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per iteration."""
+    total = cfg.nepochs * cfg.niters_per_epoch
+    warmup = cfg.warm_up_epoch * cfg.niters_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: warmup_poly_factor(it, total, warmup, cfg.lr_power))

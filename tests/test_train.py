@@ -1,0 +1,253 @@
+"""The training engine: schedule, parameter groups, checkpoints, resume, logging, the official flags,
+and multi-process training under torchrun."""
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import train
+from config import REPO_ROOT, load_config
+from dataloader.synthetic import make_synthetic_dataset
+from engine.checkpoint import atomic_save, find_resume_checkpoint, read_checkpoint
+from engine.optim import build_optimizer, build_scheduler
+from models.builder import build_model
+from helpers import DEMO_CONFIG, free_port, read_metrics, read_scalars, tiny_opts
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('data') / 'Synthetic')
+    make_synthetic_dataset(root, num_train=8, num_test=4, height=64, width=64, seed=3)
+    return root
+
+
+def run_main(argv):
+    parser = train.get_args_parser()
+    return train.main(parser.parse_args(argv), parser)
+
+
+@pytest.fixture(scope='module')
+def teacher_checkpoint(dataset, tmp_path_factory):
+    log_dir = str(tmp_path_factory.mktemp('teacher_run'))
+    run_main(['--config', DEMO_CONFIG, '--mode', 'teacher', '--device', 'cpu',
+              '--opts', *tiny_opts(dataset, log_dir, nepochs=1)])
+    return os.path.join(log_dir, 'teacher', 'last.pth')
+
+
+def test_warmup_then_poly_schedule_matches_the_formula():
+    cfg = load_config(DEMO_CONFIG, ['lr=6e-5', 'nepochs=10', 'niters_per_epoch=10', 'warm_up_epoch=2',
+                                    'lr_power=0.9'])
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg)
+    seen = []
+    for _ in range(100):
+        seen.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        scheduler.step()
+    # By hand: 20 warm-up iterations of 100, then 6e-5 * (1 - it/100) ** 0.9.
+    assert seen[0] == 0.0
+    assert seen[5] == pytest.approx(6e-5 * 5 / 20)
+    assert seen[19] == pytest.approx(6e-5 * 19 / 20)
+    assert seen[20] == pytest.approx(6e-5 * 0.8 ** 0.9)
+    assert seen[60] == pytest.approx(6e-5 * 0.4 ** 0.9)
+    assert seen[99] == pytest.approx(6e-5 * 0.01 ** 0.9)
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    cfg = load_config(DEMO_CONFIG, ['weight_decay=0.01'])
+    student = build_model(cfg, 'student', distill=True)
+    decay, no_decay = build_optimizer(student, cfg).param_groups
+    # The official rule, by module type: weights of Linear/Conv decay; biases and every parameter
+    # of a norm layer do not.
+    norm_types = (torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.GroupNorm)
+    want_decay, want_no_decay = set(), set()
+    for module in student.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, norm_types) or name == 'bias':
+                want_no_decay.add(id(p))
+            else:
+                want_decay.add(id(p))
+    assert {id(p) for p in decay['params']} == want_decay
+    assert {id(p) for p in no_decay['params']} == want_no_decay
+    assert decay['weight_decay'] == 0.01 and no_decay['weight_decay'] == 0.0
+
+
+def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
+    path = str(tmp_path / 'last.pth')
+    atomic_save({'format': 'primkd', 'epoch': 1, 'iteration': 10, 'value': torch.ones(3)}, path)
+    # A second process dies (no clean-up at all) in the middle of writing the next checkpoint.
+    script = textwrap.dedent(f'''
+        import os, torch
+        from engine.checkpoint import atomic_save
+        real_save = torch.save
+        def dying_save(obj, f, *a, **k):
+            f.write(b'half a checkpoint')
+            f.flush()
+            os._exit(9)
+        torch.save = dying_save
+        atomic_save({{'format': 'primkd', 'epoch': 2, 'iteration': 20}}, {path!r})
+    ''')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT)
+    assert proc.returncode == 9
+    assert any('.tmp-' in name for name in os.listdir(tmp_path))  # the torn temporary file is left
+    ckpt = read_checkpoint(path)
+    assert ckpt['epoch'] == 1 and torch.equal(ckpt['value'], torch.ones(3))
+    assert find_resume_checkpoint(str(tmp_path)) == path
+
+
+def test_resume_auto_skips_a_torn_file(tmp_path):
+    good = str(tmp_path / 'epoch-1.pth')
+    atomic_save({'format': 'primkd', 'epoch': 1, 'iteration': 10}, good)
+    with open(tmp_path / 'last.pth', 'wb') as f:  # written by something that was not atomic
+        f.write(b'PK\x03\x04 torn')
+    messages = []
+    assert find_resume_checkpoint(str(tmp_path), log=messages.append) == good
+    assert any('last.pth' in m for m in messages)
+
+
+def test_resumed_run_equals_uninterrupted_run(dataset, teacher_checkpoint, tmp_path):
+    opts = ['--teacher', teacher_checkpoint, '--device', 'cpu']
+    full_dir, split_dir = str(tmp_path / 'full'), str(tmp_path / 'split')
+    full = run_main(['--config', DEMO_CONFIG, *opts, '--opts', *tiny_opts(dataset, full_dir)])
+    run_main(['--config', DEMO_CONFIG, *opts, '--stop-after-epoch', '1',
+              '--opts', *tiny_opts(dataset, split_dir)])
+    assert read_checkpoint(os.path.join(split_dir, 'student', 'last.pth'))['epoch'] == 1
+    resumed = run_main(['--config', DEMO_CONFIG, *opts, '--resume', 'auto',
+                        '--opts', *tiny_opts(dataset, split_dir)])
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a.double(), b.double(), atol=1e-6, rtol=0), name
+    full_log, split_log = read_metrics(os.path.join(full_dir, 'student')), read_metrics(os.path.join(split_dir, 'student'))
+    assert [r['epoch'] for r in split_log] == [1, 2, 3]
+    for a, b in zip(full_log, split_log):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_official_command_line_logs_every_term(dataset, teacher_checkpoint, tmp_path):
+    log_dir = str(tmp_path / 'run')
+    argv = ['--port=29516', '--distillation_alpha=1.0', '--distillation_beta=0.1', '--distillation_flag=1',
+            '--lambda_mask=0.75', '--select=max', '--mask_single=hint']
+    proc = subprocess.run([sys.executable, 'train.py', *argv, '--config', DEMO_CONFIG, '--teacher',
+                           teacher_checkpoint, '--opts', *tiny_opts(dataset, log_dir, nepochs=1)],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = os.path.join(log_dir, 'student')
+    saved = load_config(os.path.join(run_dir, 'config.py'))
+    assert (saved.distillation_alpha, saved.distillation_beta, saved.distillation_flag, saved.select,
+            saved.mask_single, saved.lambda_mask) == (1.0, 0.1, 1, 'max', 'hint', 0.75)
+    scalars = read_scalars(os.path.join(run_dir, 'tb'))
+    for tag in ('loss', 'ce', 'kl', 'feat', 'feat_loss1', 'feat_loss2', 'feat_loss3', 'feat_loss4',
+                'feat_stage', 'lr'):
+        assert len(scalars[f'train/{tag}']) == 2, tag  # one per iteration
+    for (_, loss), (_, ce), (_, kl), (_, feat) in zip(*(scalars[f'train/{t}'] for t in ('loss', 'ce', 'kl', 'feat'))):
+        assert kl > 0 and feat > 0 and loss == pytest.approx(ce + kl + feat, rel=1e-5)
+    for step in range(2):
+        per_stage = [scalars[f'train/feat_loss{k}'][step][1] for k in range(1, 5)]
+        assert scalars['train/feat'][step][1] == pytest.approx(0.1 * max(per_stage), rel=1e-5)
+        assert scalars['train/feat_stage'][step][1] == per_stage.index(max(per_stage))
+    assert 'val/miou' in scalars and any(t.startswith('val_iou/') for t in scalars)
+    log = open(os.path.join(run_dir, 'train.log')).read()
+    assert 'kl=' in log and 'feat=' in log and 'validation mIoU' in log
+
+
+def test_zero_alpha_and_beta_is_cross_entropy_alone(dataset, tmp_path):
+    log_dir = str(tmp_path / 'run')
+    run_main(['--config', DEMO_CONFIG, '--device', 'cpu', '--distillation_alpha', '0', '--distillation_beta', '0',
+              '--opts', *tiny_opts(dataset, log_dir, nepochs=1, teacher_checkpoint=None)])
+    scalars = read_scalars(os.path.join(log_dir, 'student', 'tb'))
+    assert 'train/kl' not in scalars and 'train/feat' not in scalars
+    assert [v for _, v in scalars['train/loss']] == [v for _, v in scalars['train/ce']]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, teacher_checkpoint, tmp_path, monkeypatch):
+    log_dir = str(tmp_path / 'run')
+    argv = ['--config', DEMO_CONFIG, '--teacher', teacher_checkpoint, '--device', 'cpu',
+            '--opts', *tiny_opts(dataset, log_dir)]
+    run_main(argv + ['nepochs=1'])
+    last = os.path.join(log_dir, 'student', 'last.pth')
+    before = open(last, 'rb').read()
+
+    real = train.train_one_epoch.__globals__['compute_losses']
+    calls = []
+
+    def poisoned(*a, **k):
+        loss, terms = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            terms['kl'] = terms['kl'] * float('nan')
+            loss = loss + terms['kl']
+        return loss, terms
+    monkeypatch.setitem(train.train_one_epoch.__globals__, 'compute_losses', poisoned)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(argv + ['nepochs=3'] + ['--resume', 'auto'])
+    assert exit_info.value.code == 1
+    assert open(last, 'rb').read() == before
+    log = open(os.path.join(log_dir, 'student', 'train.log')).read()
+    assert 'non-finite loss at epoch 2, iteration 1' in log and 'kl=nan' in log
+
+
+@pytest.mark.parametrize('flags, opts, needle', [
+    (['--teacher', 'nope.pth'], {}, 'nope.pth'),
+    (['--mode', 'teacher'], {'pretrained_model': 'pretrained/segformer/mit_b0_missing.pth'}, 'mit_b0_missing.pth'),
+    (['--mode', 'teacher'], {'dataset_path': '/nonexistent/Synthetic'}, '/nonexistent/Synthetic'),
+])
+def test_missing_inputs_are_reported_before_work(dataset, tmp_path, flags, opts, needle):
+    log_dir = str(tmp_path / 'run')
+    proc = subprocess.run([sys.executable, 'train.py', '--config', DEMO_CONFIG, '--device', 'cpu', *flags,
+                           '--opts', *tiny_opts(dataset, log_dir, **opts)],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and 'Traceback' not in proc.stderr
+    assert not os.path.exists(os.path.join(log_dir, 'student', 'last.pth'))
+
+
+DRIVER = '''
+import json, os, sys
+sys.path.insert(0, {repo!r})
+run_dir = {run_dir!r}
+writes = []
+def audit(event, args):
+    if event == 'open' and isinstance(args[0], str) and args[0].startswith(run_dir) \\
+            and any(c in str(args[1]) for c in 'wax+'):
+        writes.append(args[0])
+    elif event in ('os.rename', 'os.mkdir') and str(args[0]).startswith(run_dir):
+        writes.append(str(args[0]))
+sys.addaudithook(audit)
+import torch, train
+parser = train.get_args_parser()
+model = train.main(parser.parse_args(sys.argv[1:]), parser)
+rank = os.environ['RANK']
+torch.save(model.state_dict(), os.path.join({out!r}, f'rank{{rank}}.pt'))
+with open(os.path.join({out!r}, f'rank{{rank}}_writes.json'), 'w') as f:
+    json.dump(writes, f)
+'''
+
+
+def test_two_process_torchrun_training(dataset, teacher_checkpoint, tmp_path):
+    log_dir, out = str(tmp_path / 'run'), str(tmp_path / 'out')
+    os.makedirs(out)
+    driver = tmp_path / 'driver.py'
+    driver.write_text(DRIVER.format(repo=REPO_ROOT, run_dir=log_dir, out=out))
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+         str(driver), '--config', DEMO_CONFIG, '--teacher', teacher_checkpoint, '--device', 'cpu',
+         '--opts', *tiny_opts(dataset, log_dir, nepochs=2, batch_size=4)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0, rank1 = (torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    writes0, writes1 = (json.load(open(os.path.join(out, f'rank{r}_writes.json'))) for r in (0, 1))
+    assert writes1 == []
+    assert any(w.endswith('last.pth') or '.last.pth.tmp' in w for w in writes0)
+    assert any('tfevents' in w for w in writes0) and any(w.endswith('train.log') for w in writes0)
+    records = read_metrics(os.path.join(log_dir, 'student'))
+    assert [r['epoch'] for r in records] == [1, 2] and all(math.isfinite(r['loss']) for r in records)

@@ -1,0 +1,273 @@
+"""Train a PrimKD RGB teacher (--mode teacher) or RGB-D student (--mode student, the default).
+
+One process on a CPU or GPU, or several under torchrun (NCCL on GPUs, gloo on CPUs); `bash train.sh`
+starts the right one. The official PrimKD command line works unchanged:
+
+    train.py --port=29516 --distillation_alpha=1.0 --distillation_beta=0.1 --distillation_flag=1 \
+        --lambda_mask=0.75 --select="max" --mask_single="hint"
+"""
+import argparse
+import glob
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from config import ConfigError, add_config_args, load_config, parse_overrides, save_config
+from dataloader.dataset import DatasetError
+from dataloader.loader import build_train_loader
+from engine import distributed as du
+from engine.checkpoint import (CHECKPOINT_FORMAT, all_rng_states, atomic_save, find_resume_checkpoint,
+                               read_checkpoint, set_rng_state)
+from engine.evaluator import evaluate
+from engine.logger import RunLogger
+from engine.optim import build_optimizer, build_scheduler
+from engine.trainer import NonFiniteLossError, train_one_epoch
+from models.builder import build_model
+from models.checkpoints import CheckpointError, load_checkpoint, load_imagenet_encoder
+
+# Official flags -> config keys. Their defaults live in the config (the paper's command line).
+DISTILLATION_FLAGS = ('distillation_alpha', 'distillation_beta', 'distillation_flag',
+                      'distillation_single', 'lambda_mask', 'select', 'mask_single', 'losses')
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    add_config_args(parser)
+    parser.add_argument('--mode', choices=('teacher', 'student'), default='student',
+                        help='teacher: RGB-only SegFormer with cross-entropy; student: PrimKD (default)')
+    parser.add_argument('--teacher', metavar='PATH', help="teacher checkpoint (default: config's teacher_checkpoint)")
+    parser.add_argument('--resume', metavar='auto|PATH',
+                        help='auto: the newest good checkpoint of the run directory; or a checkpoint file')
+    parser.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'none'),
+                        help="mixed precision (default: config's amp: bf16 on GPUs that support it, none on CPU)")
+    parser.add_argument('--compile', action='store_true', help='torch.compile the student')
+    parser.add_argument('--no-pretrained', action='store_true', help='start the encoders from random weights')
+    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    parser.add_argument('--stop-after-epoch', type=int, metavar='N',
+                        help='end this process after epoch N, as if interrupted (resume with --resume auto)')
+    group = parser.add_argument_group('official PrimKD flags (override the config)')
+    group.add_argument('--distillation_alpha', type=float, help='weight of the KL term (paper: 1.0)')
+    group.add_argument('--distillation_beta', type=float, help='weight of the feature term (paper: 0.1)')
+    group.add_argument('--distillation_flag', type=int, choices=(0, 1),
+                       help='1: KL(teacher || student) (paper), 0: KL(student || teacher)')
+    group.add_argument('--distillation_single', type=int, choices=(0, 1), help='1: use the KL term')
+    group.add_argument('--lambda_mask', type=float, help='mask_hint: probability of keeping a position')
+    group.add_argument('--select', help="'max' (paper), 'min', anything else: no feature term")
+    group.add_argument('--mask_single', choices=('hint', 'mask_hint'), help='reconstruct head type')
+    group.add_argument('--losses', nargs='+', help='stages for the feature term, e.g. loss1 loss2 loss3 loss4')
+    group.add_argument('--port', help='sets MASTER_PORT (as the official launcher); torchrun uses its own')
+    group.add_argument('--local_rank', '--local-rank', type=int, help=argparse.SUPPRESS)
+    group.add_argument('-d', '--devices', help='accepted for compatibility; choose GPUs with CUDA_VISIBLE_DEVICES')
+    return parser
+
+
+def resolve_config(args, parser):
+    """The config file, then --opts, then the explicit flags; any bad value ends with one line."""
+    try:
+        overrides = parse_overrides(args.opts)
+        for key in DISTILLATION_FLAGS:
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        if args.select is not None and args.select not in ('max', 'min'):
+            overrides['select'] = 'none'
+        if args.amp is not None:
+            overrides['amp'] = args.amp
+        if args.compile:
+            overrides['compile'] = True
+        if args.no_pretrained:
+            overrides['pretrained_model'] = None
+        if args.teacher is not None:
+            overrides['teacher_checkpoint'] = os.path.abspath(args.teacher)
+        return load_config(args.config, overrides)
+    except ConfigError as e:
+        parser.error(str(e))
+
+
+def resolve_amp(amp, device):
+    """'auto' -> 'bf16' on GPUs that support it, else 'none'."""
+    if amp == 'auto':
+        return 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'none'
+    if amp == 'fp16' and device.type == 'cpu':
+        raise ConfigError("config key 'amp': fp16 needs a GPU; use bf16 or none on CPU")
+    return amp
+
+
+def uses_feature_term(cfg):
+    return cfg.distillation_beta > 0 and cfg.select in ('max', 'min')
+
+
+def uses_kl_term(cfg):
+    return cfg.distillation_single == 1 and cfg.distillation_alpha > 0
+
+
+def check_inputs(cfg, role, resume_path, config_path):
+    """Files the run needs, checked before any work, with what to do about each."""
+    if cfg.pretrained_model and not resume_path and not os.path.isfile(cfg.pretrained_model):
+        raise FileNotFoundError(
+            f"ImageNet encoder weights '{cfg.pretrained_model}' not found (config key pretrained_model). "
+            f"Download the SegFormer mit_b*.pth files into pretrained/segformer/ (see pretrained/README.md), "
+            f"or train from scratch with --no-pretrained.")
+    if role == 'student' and (uses_kl_term(cfg) or uses_feature_term(cfg)):
+        if not cfg.teacher_checkpoint or not os.path.isfile(str(cfg.teacher_checkpoint)):
+            raise FileNotFoundError(
+                f"teacher checkpoint '{cfg.teacher_checkpoint}' not found (config key teacher_checkpoint, "
+                f"or --teacher PATH). Get the released teacher (pretrained/README.md) or train one with "
+                f"`bash train.sh {config_path} --mode teacher`; "
+                f"--distillation_alpha 0 --distillation_beta 0 trains the CMX baseline without a teacher.")
+
+
+def resume_checkpoint_path(resume, run_dir, logger):
+    if resume is None:
+        return None
+    if resume == 'auto':
+        path = find_resume_checkpoint(run_dir, log=logger.info)
+        logger.info(f'--resume auto: {path or "no checkpoint in " + run_dir + ", starting afresh"}')
+        return path
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"--resume: checkpoint '{resume}' does not exist")
+    return resume
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_run_checkpoint(path, model, optimizer, scheduler, scaler, cfg, role, epoch, iteration,
+                        best_miou, rng_states):
+    atomic_save({'format': CHECKPOINT_FORMAT, 'role': role, 'model': model.state_dict(),
+                 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                 'scaler': scaler.state_dict(), 'epoch': epoch, 'iteration': iteration,
+                 'rng': rng_states, 'config': dict(cfg), 'best_miou': best_miou}, path)
+
+
+def main(args, parser):
+    """Trains and returns the (unwrapped) model of this process."""
+    cfg = resolve_config(args, parser)
+    if args.port and 'MASTER_PORT' not in os.environ:
+        os.environ['MASTER_PORT'] = str(args.port)
+    dist_info = du.init_distributed(args.device)
+    device, role = dist_info.device, args.mode
+    run_dir = os.path.join(cfg.log_dir, role)
+    logger = RunLogger(run_dir, enabled=dist_info.is_main)
+    try:
+        amp = resolve_amp(cfg.amp, device)
+        amp_dtype = AMP_DTYPES[amp]
+        resume_path = resume_checkpoint_path(args.resume, run_dir, logger)
+        check_inputs(cfg, role, resume_path, args.config)
+        if resume_path is None and glob.glob(os.path.join(run_dir, '*.pth')):
+            raise FileExistsError(f"run directory '{run_dir}' already holds checkpoints: continue it with "
+                                  f"--resume auto, or start a new run with --opts log_dir=OTHER_DIR")
+        if cfg.batch_size % dist_info.world_size:
+            raise ConfigError(f"config key 'batch_size': the global batch {cfg.batch_size} does not split "
+                              f"over {dist_info.world_size} processes")
+        # Same seed on every rank while the networks are built, so their initial weights agree.
+        seed_everything(cfg.seed)
+        loader = build_train_loader(cfg, dist_info)
+        distill_heads = role == 'student' and uses_feature_term(cfg)
+        model = build_model(cfg, role, distill=distill_heads)
+        if cfg.pretrained_model and not resume_path:
+            load_imagenet_encoder(model, cfg.pretrained_model)
+        teacher = None
+        if role == 'student' and (uses_kl_term(cfg) or uses_feature_term(cfg)):
+            teacher = build_model(cfg, 'teacher')
+            load_checkpoint(teacher, cfg.teacher_checkpoint)
+            teacher.eval().requires_grad_(False).to(device)
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError) as e:
+        logger.close()
+        parser.exit(2, f'{parser.prog}: error: {e}\n')
+
+    if dist_info.distributed and device.type == 'cuda':
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg, fused=device.type == 'cuda')
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+
+    start_epoch, best_miou = 1, 0.0
+    if resume_path:
+        ckpt = read_checkpoint(resume_path)
+        model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scheduler.load_state_dict(ckpt['scheduler'])
+        scaler.load_state_dict(ckpt['scaler'])
+        start_epoch, best_miou = ckpt['epoch'] + 1, ckpt['best_miou']
+        rng = ckpt['rng']
+        set_rng_state(rng[dist_info.rank] if len(rng) == dist_info.world_size else rng[0])
+        logger.info(f'resumed from {resume_path} (epoch {ckpt["epoch"]}, best mIoU {best_miou:.4f})')
+    else:
+        # Training randomness (dropout, drop-path, masks) differs between ranks.
+        seed_everything(cfg.seed + dist_info.rank)
+
+    train_model = model
+    if dist_info.distributed:
+        # Every parameter takes part in every step (unselected reconstruct heads get zero
+        # gradients), so DDP needs no search for unused ones.
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    if dist_info.is_main:
+        save_config(cfg, os.path.join(run_dir, 'config.py'))
+    logger.info(f'{role} {cfg.backbone} on {cfg.dataset_name}: {dist_info.world_size} process(es) on '
+                f'{device.type}, global batch {cfg.batch_size}, {cfg.niters_per_epoch} iterations/epoch, '
+                f'amp {amp}, run directory {run_dir}')
+    if teacher is not None:
+        logger.info(f'teacher {cfg.teacher_checkpoint}; alpha {cfg.distillation_alpha} '
+                    f'(KL {"on" if uses_kl_term(cfg) else "off"}, flag {cfg.distillation_flag}), '
+                    f'beta {cfg.distillation_beta} ({cfg.mask_single}, {cfg.select} of {cfg.losses})')
+
+    for epoch in range(start_epoch, cfg.nepochs + 1):
+        try:
+            means = train_one_epoch(train_model, teacher, loader, optimizer, scheduler, scaler, cfg,
+                                    epoch, device, amp_dtype, logger, role)
+        except NonFiniteLossError as e:
+            logger.info(f'stopping: {e}; the last good checkpoint is kept')
+            logger.close()
+            du.cleanup()
+            sys.exit(1)
+        du.average_batchnorm_buffers(model)
+        record = {'epoch': epoch, **{k: round(v, 8) for k, v in means.items()}}
+        logger.info(f'epoch {epoch}/{cfg.nepochs} ' + ' '.join(f'{k}={v:.4f}' for k, v in means.items()))
+        if epoch % cfg.eval_step == 0 or epoch == cfg.nepochs:
+            metrics = evaluate(model, cfg, dist_info, role, mode=cfg.eval_mode, amp=amp, progress=False)
+            record['miou'] = metrics['miou']
+            logger.scalars({'miou': metrics['miou'], 'pixel_acc': metrics['pixel_acc']}, epoch, 'val')
+            logger.scalars({name: iou for name, iou in zip(cfg.class_names, metrics['iou'])
+                            if iou == iou}, epoch, 'val_iou')
+            logger.info(f'epoch {epoch}: validation mIoU {metrics["miou"]:.4f} '
+                        f'(best {max(best_miou, metrics["miou"]):.4f})')
+        logger.epoch_record(record)
+        iteration = epoch * cfg.niters_per_epoch
+        improved = record.get('miou', -1.0) > best_miou
+        best_miou = max(best_miou, record.get('miou', best_miou))
+        rng_states = all_rng_states()
+        if dist_info.is_main:
+            targets = ['last.pth'] + (['best.pth'] if improved else [])
+            if epoch >= cfg.checkpoint_start_epoch and epoch % cfg.checkpoint_step == 0:
+                targets.append(f'epoch-{epoch}.pth')
+            for name in targets:
+                save_run_checkpoint(os.path.join(run_dir, name), model, optimizer, scheduler, scaler,
+                                    cfg, role, epoch, iteration, best_miou, rng_states)
+        du.barrier()
+        if args.stop_after_epoch is not None and epoch >= args.stop_after_epoch:
+            logger.info(f'stopping after epoch {epoch} as asked (--stop-after-epoch)')
+            break
+    logger.info(f'done: best validation mIoU {best_miou:.4f}; checkpoints in {run_dir}')
+    logger.close()
+    du.cleanup()
+    return model
+
+
+if __name__ == '__main__':
+    parser = get_args_parser()
+    main(parser.parse_args(), parser)
