@@ -43,7 +43,7 @@ def get_args_parser():
                              'their zeros mark pixels left out of the normal estimation')
     parser.add_argument('--depth-scale', type=float, default=1000.0,
                         help='PNG value / depth-scale = metres (1000: millimetres; '
-                             'the shared NYU fixture frame: 10000)')
+                             '10000 for the NYU reference frame the tests use)')
     parser.add_argument('--fx', type=float, default=NYU_CAMERA[0, 0], help='focal length x (px)')
     parser.add_argument('--fy', type=float, default=NYU_CAMERA[1, 1], help='focal length y (px)')
     parser.add_argument('--cx', type=float, default=NYU_CAMERA[0, 2], help='principal point x (px)')
