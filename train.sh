@@ -6,17 +6,13 @@
 set -eo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/tools/setup_env.sh"
 
-config=config/nyu_b4.py
-if [[ "${1:-}" == *.py ]]; then
-    config="$1"
-    shift
-fi
-for arg in "$@"; do
+primkd_config "$@"
+for arg in "${PRIMKD_ARGS[@]}"; do
     case "$arg" in
         --port=*) export MASTER_PORT="${MASTER_PORT:-${arg#--port=}}" ;;
     esac
 done
-if [[ "$(basename "$config")" == demo.py && " $* " != *" --mode"* ]]; then
-    exec "$PYTHON" tools/demo.py --config "$config" "$@"
+if [[ "$(basename "$PRIMKD_CONFIG")" == demo.py && " ${PRIMKD_ARGS[*]} " != *" --mode"* ]]; then
+    exec "$PYTHON" tools/demo.py --config "$PRIMKD_CONFIG" "${PRIMKD_ARGS[@]}"
 fi
-primkd_launch train.py --config "$config" "$@"
+primkd_launch train.py --config "$PRIMKD_CONFIG" "${PRIMKD_ARGS[@]}"

@@ -6,9 +6,5 @@
 set -eo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/tools/setup_env.sh"
 
-config=config/nyu_b4.py
-if [[ "${1:-}" == *.py ]]; then
-    config="$1"
-    shift
-fi
-primkd_launch val.py --config "$config" "$@"
+primkd_config "$@"
+primkd_launch val.py --config "$PRIMKD_CONFIG" "${PRIMKD_ARGS[@]}"

@@ -28,7 +28,6 @@ from contextlib import nullcontext
 
 import cv2
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -36,6 +35,7 @@ from tqdm import tqdm
 from dataloader.dataset import RGBXDataset
 from dataloader.transforms import EvalTransform
 from utils.metrics import confusion_matrix, segmentation_metrics
+from utils.modules import unwrap_model
 from utils.visualize import colorize, denormalize, hstack_panels, to_label_png
 
 from .distributed import DistInfo, all_reduce_sum
@@ -50,18 +50,6 @@ def amp_dtype(amp: str, device: torch.device):
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {sorted(AMP_DTYPES) + ['auto']}, got {amp!r}")
     return AMP_DTYPES[amp]
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain network inside DDP and torch.compile wrappers: evaluation needs no gradient
-    synchronisation, and compiled graphs would be rebuilt for every new window or scale size."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, '_orig_mod'):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def run_network(model, rgb: torch.Tensor, extra) -> torch.Tensor:
@@ -179,7 +167,9 @@ def evaluate(model, cfg, dist_info: DistInfo, role: str, *, mode=None, scales=No
         dataset = RGBXDataset(cfg, 'val', EvalTransform(cfg))
     device = dist_info.device
     dtype = amp_dtype(amp, device)
-    network = unwrap(model)
+    # Evaluation needs no gradient synchronisation, and compiled graphs would be rebuilt for every
+    # new window or scale size: run the plain network.
+    network = unwrap_model(model)
     was_training = network.training
     network.eval()
 

@@ -26,6 +26,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from utils.modules import unwrap_model
+
 from .encoders.mit import MIT_SIZES, NUM_STAGES
 
 IMAGENET_HELP = ("download the SegFormer release's ImageNet-1k encoder weights (mit_b0.pth .. "
@@ -125,7 +127,7 @@ def project_key(key: str) -> Optional[str]:
 def to_official_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The model's state dict in the official PrimKD/CMX layout (heads included if present)."""
     state = OrderedDict()
-    for key, value in _bare(model).state_dict().items():
+    for key, value in unwrap_model(model).state_dict().items():
         name = official_key(key)
         if name is None:
             raise CheckpointError(f"to_official_state_dict: '{key}' has no official counterpart")
@@ -192,17 +194,6 @@ def _check_fits(model_contents: _Contents, contents: _Contents, source: str) -> 
 
 
 # --- reading ------------------------------------------------------------------------------
-
-def _bare(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, '_orig_mod'):
-            model = model._orig_mod
-        else:
-            return model
-
 
 def _read(path, what: str, help_text: str = '') -> dict:
     path = os.fspath(path)
@@ -277,7 +268,7 @@ def _match(module: nn.Module, state: Dict[str, torch.Tensor], source: str, stric
 def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True) -> dict:
     """Loads a project or official PrimKD/CMX checkpoint (path or already loaded dict) into `model`
     and returns the raw checkpoint dict (optimizer state etc. included)."""
-    model = _bare(model)
+    model = unwrap_model(model)
     if isinstance(path_or_state, dict):
         raw, source = path_or_state, 'the checkpoint'
     else:
@@ -299,7 +290,7 @@ def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True) -> dic
 def load_imagenet_encoder(model: nn.Module, path) -> None:
     """Loads SegFormer ImageNet weights (mit_b*.pth) into the teacher's encoder or into both
     branches of the student's; the classifier `head.*` is dropped. Always strict."""
-    model = _bare(model)
+    model = unwrap_model(model)
     raw = _read(path, 'ImageNet encoder weights', IMAGENET_HELP)
     source = f"ImageNet encoder weights '{path}'"
     branch_state, unknown = OrderedDict(), []

@@ -12,9 +12,10 @@ import torch.nn as nn
 from easydict import EasyDict
 
 from engine.distributed import DistInfo
-from engine.evaluator import (evaluate, predict_probabilities, sliding_window_logits, unwrap,
+from engine.evaluator import (evaluate, predict_probabilities, sliding_window_logits,
                               window_starts)
 from utils.metrics import confusion_matrix
+from utils.modules import unwrap_model
 
 NUM_CLASSES = 5
 
@@ -292,8 +293,8 @@ def test_evaluate_unwraps_ddp_and_gives_the_teacher_rgb_only(tmp_path):
 
 def test_unwrap_removes_nested_wrappers():
     network = Pointwise()
-    assert unwrap(torch.compile(nn.DataParallel(network))) is network
-    assert unwrap(network) is network
+    assert unwrap_model(torch.compile(nn.DataParallel(network))) is network
+    assert unwrap_model(network) is network
 
 
 @pytest.mark.parametrize('amp, autocast', [('bf16', True), ('none', False), ('auto', False)])

@@ -41,6 +41,17 @@ fi
 export PYTHON
 cd "$_primkd_root"
 
+# primkd_config "$@": PRIMKD_CONFIG = the first argument if it is a .py config file (default
+# config/nyu_b4.py), PRIMKD_ARGS = the remaining arguments.
+primkd_config() {
+    PRIMKD_CONFIG=config/nyu_b4.py
+    PRIMKD_ARGS=("$@")
+    if [[ "${1:-}" == *.py ]]; then
+        PRIMKD_CONFIG="$1"
+        PRIMKD_ARGS=("${@:2}")
+    fi
+}
+
 # primkd_launch SCRIPT [ARGS...]: one process on a machine without GPUs, otherwise torchrun with one
 # process per visible GPU (CUDA_VISIBLE_DEVICES). NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT
 # describe a multi-node run (the same command on every node).
