@@ -16,6 +16,7 @@ from dataloader.synthetic import make_synthetic_dataset
 from engine.checkpoint import atomic_save, find_resume_checkpoint, read_checkpoint
 from engine.optim import build_optimizer, build_scheduler
 from models.builder import build_model
+from models.checkpoints import to_official_state_dict
 from helpers import DEMO_CONFIG, free_port, read_metrics, read_scalars, tiny_opts
 
 
@@ -251,3 +252,23 @@ def test_two_process_torchrun_training(dataset, teacher_checkpoint, tmp_path):
     assert any('tfevents' in w for w in writes0) and any(w.endswith('train.log') for w in writes0)
     records = read_metrics(os.path.join(log_dir, 'student'))
     assert [r['epoch'] for r in records] == [1, 2] and all(math.isfinite(r['loss']) for r in records)
+
+
+def test_encoders_start_from_the_configured_imagenet_weights(dataset, tmp_path):
+    cfg = load_config(DEMO_CONFIG, ['decoder_embed_dim=32'])
+    teacher_layout = to_official_state_dict(build_model(cfg, 'teacher'))
+    # A SegFormer mit_b0.pth: the bare encoder keys plus an ImageNet classifier.
+    imagenet = {k[len('backbone.'):]: torch.randn(v.shape) for k, v in teacher_layout.items()
+                if k.startswith('backbone.')}
+    imagenet['head.weight'], imagenet['head.bias'] = torch.randn(1000, 256), torch.randn(1000)
+    torch.save(imagenet, tmp_path / 'mit_b0.pth')
+    # One iteration inside the warm-up: its learning rate is exactly 0, so the weights stay as loaded.
+    student = run_main(['--config', DEMO_CONFIG, '--device', 'cpu', '--distillation_alpha', '0',
+                        '--distillation_beta', '0', '--opts',
+                        *tiny_opts(dataset, str(tmp_path / 'run'), nepochs=1, niters_per_epoch=1,
+                                   pretrained_model=str(tmp_path / 'mit_b0.pth'), teacher_checkpoint=None)])
+    exported = to_official_state_dict(student)
+    for key, value in imagenet.items():
+        if not key.startswith('head.'):
+            assert torch.equal(exported[f'backbone.{key}'], value), key
+            assert torch.equal(exported[f'backbone.extra_{key}'], value), key
