@@ -22,11 +22,10 @@ def autocast(device: torch.device, dtype):
 
 
 def teacher_forward(teacher, rgb, amp_dtype):
-    """The frozen teacher's output without autograd bookkeeping. Inference tensors cannot take part
-    in the student's backward, so the (cheap) clone turns them into ordinary constants."""
+    """The frozen teacher's output without autograd bookkeeping (models.distill turns the inference
+    tensors into constants the student's backward can use)."""
     with torch.inference_mode(), autocast(rgb.device, amp_dtype):
-        out = teacher(rgb)
-    return out._replace(logits=out.logits.clone(), features=[f.clone() for f in out.features])
+        return teacher(rgb)
 
 
 def compute_losses(student_out, teacher_out, label, cfg):

@@ -10,50 +10,21 @@ forward pass of batch size 1 in eval mode: convolutions and matrix products, att
 counter reports FLOPs = 2 x multiply-adds. Norms, activations, softmax, pooling and interpolation
 are not counted.
 
-On the CPU, timm's attention runs PyTorch's fused kernel
-`aten._scaled_dot_product_flash_attention_for_cpu`, for which the counter has no formula, so the
-attention products would silently count as zero; a formula for it is supplied here.
+The counting lives in utils/flops.py, which also supplies the formulas the counter lacks for fused
+attention kernels (on the CPU, `aten._scaled_dot_product_flash_attention_for_cpu`), so that the
+attention products are not silently counted as zero.
 """
 import argparse
 import os
 import sys
-from typing import Dict
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 # Run as `python tools/flops.py`: make the repository's packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import add_config_args, config_from_args  # noqa: E402
 from models import build_model  # noqa: E402
-
-
-def cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
-                        **kwargs) -> int:
-    """FLOPs of the fused CPU attention kernel: Q K^T and (attention) V, 2 per multiply-add."""
-    batch, heads, queries, dim = query_shape
-    keys, value_dim = key_shape[-2], value_shape[-1]
-    return 2 * batch * heads * queries * keys * (dim + value_dim)
-
-
-EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops}
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def count_macs(model: torch.nn.Module, *inputs: torch.Tensor) -> Dict[str, int]:
-    """Multiply-adds of one forward pass of `model(*inputs)`: 'total' and one entry per child module
-    of the model (encoder, decoder, distill_heads)."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
-        model(*inputs)
-    flops = {name: sum(per_op.values()) for name, per_op in counter.get_flop_counts().items()}
-    root = type(model).__name__  # the counter names modules by class, then attribute path
-    macs = {'total': flops['Global'] // 2}
-    for name, _ in model.named_children():
-        macs[name] = flops.get(f'{root}.{name}', 0) // 2
-    return macs
+from utils.flops import count_macs, count_parameters  # noqa: E402
 
 
 def main(argv=None):
