@@ -175,7 +175,14 @@ def main(args, parser):
         loader = build_train_loader(cfg, dist_info)
         distill_heads = role == 'student' and uses_feature_term(cfg)
         model = build_model(cfg, role, distill=distill_heads)
-        if cfg.pretrained_model and not resume_path:
+        resume = None
+        if resume_path:
+            resume = read_checkpoint(resume_path)
+            try:
+                load_checkpoint(model, resume)
+            except CheckpointError as e:
+                raise CheckpointError(f"--resume '{resume_path}' does not fit this config: {e}") from e
+        elif cfg.pretrained_model:
             load_imagenet_encoder(model, cfg.pretrained_model)
         teacher = None
         if role == 'student' and (uses_kl_term(cfg) or uses_feature_term(cfg)):
@@ -196,16 +203,14 @@ def main(args, parser):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start_epoch, best_miou = 1, 0.0
-    if resume_path:
-        ckpt = read_checkpoint(resume_path)
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        scaler.load_state_dict(ckpt['scaler'])
-        start_epoch, best_miou = ckpt['epoch'] + 1, ckpt['best_miou']
-        rng = ckpt['rng']
+    if resume:
+        optimizer.load_state_dict(resume['optimizer'])
+        scheduler.load_state_dict(resume['scheduler'])
+        scaler.load_state_dict(resume['scaler'])
+        start_epoch, best_miou = resume['epoch'] + 1, resume['best_miou']
+        rng = resume['rng']
         set_rng_state(rng[dist_info.rank] if len(rng) == dist_info.world_size else rng[0])
-        logger.info(f'resumed from {resume_path} (epoch {ckpt["epoch"]}, best mIoU {best_miou:.4f})')
+        logger.info(f'resumed from {resume_path} (epoch {resume["epoch"]}, best mIoU {best_miou:.4f})')
     else:
         # Training randomness (dropout, drop-path, masks) differs between ranks.
         seed_everything(cfg.seed + dist_info.rank)

@@ -6,6 +6,8 @@ import random
 import numpy as np
 import torch
 
+from models.checkpoints import CheckpointError
+
 from . import distributed as du
 
 CHECKPOINT_FORMAT = 'primkd'
@@ -67,14 +69,15 @@ def all_rng_states() -> list:
 
 
 def read_checkpoint(path: str) -> dict:
-    """Loads a project checkpoint; raises ValueError naming the file if it is not a readable one."""
+    """Loads a training checkpoint of this project; raises CheckpointError (a ValueError) naming the
+    file if it cannot be read or is not one."""
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # a torn or foreign file: report which one and why
-        raise ValueError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"'{path}' is not a training checkpoint of this project "
-                         f"(no 'format': '{CHECKPOINT_FORMAT}' entry)")
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT or 'optimizer' not in ckpt:
+        raise CheckpointError(f"'{path}' is not a training checkpoint of this project (model weights "
+                              f"alone, e.g. official ones, cannot resume a run; use --teacher or val.py)")
     return ckpt
 
 

@@ -80,7 +80,7 @@ def test_no_weight_decay_on_norms_and_biases():
 
 def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
     path = str(tmp_path / 'last.pth')
-    atomic_save({'format': 'primkd', 'epoch': 1, 'iteration': 10, 'value': torch.ones(3)}, path)
+    atomic_save({'format': 'primkd', 'optimizer': {}, 'epoch': 1, 'iteration': 10, 'value': torch.ones(3)}, path)
     # A second process dies (no clean-up at all) in the middle of writing the next checkpoint.
     script = textwrap.dedent(f'''
         import os, torch
@@ -91,7 +91,7 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
             f.flush()
             os._exit(9)
         torch.save = dying_save
-        atomic_save({{'format': 'primkd', 'epoch': 2, 'iteration': 20}}, {path!r})
+        atomic_save({{'format': 'primkd', 'optimizer': {{}}, 'epoch': 2, 'iteration': 20}}, {path!r})
     ''')
     proc = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT)
     assert proc.returncode == 9
@@ -103,7 +103,7 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
 
 def test_resume_auto_skips_a_torn_file(tmp_path):
     good = str(tmp_path / 'epoch-1.pth')
-    atomic_save({'format': 'primkd', 'epoch': 1, 'iteration': 10}, good)
+    atomic_save({'format': 'primkd', 'optimizer': {}, 'epoch': 1, 'iteration': 10}, good)
     with open(tmp_path / 'last.pth', 'wb') as f:  # written by something that was not atomic
         f.write(b'PK\x03\x04 torn')
     messages = []
@@ -128,6 +128,33 @@ def test_resumed_run_equals_uninterrupted_run(dataset, teacher_checkpoint, tmp_p
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def torn_file(folder, teacher):
+    (folder / 'torn.pth').write_bytes(b'not a checkpoint')
+    return str(folder / 'torn.pth')
+
+
+def weights_only_file(folder, teacher):
+    torch.save({'model': {}}, folder / 'weights.pth')
+    return str(folder / 'weights.pth')
+
+
+def teacher_run_checkpoint(folder, teacher):
+    return teacher  # a training checkpoint, but of the RGB-only teacher
+
+
+@pytest.mark.parametrize('make_bad, needle', [(torn_file, 'cannot be read'),
+                                              (weights_only_file, 'not a training checkpoint'),
+                                              (teacher_run_checkpoint, 'does not fit this config')])
+def test_bad_resume_checkpoint_is_reported_before_work(dataset, teacher_checkpoint, tmp_path, make_bad, needle):
+    bad = make_bad(tmp_path, teacher_checkpoint)
+    proc = subprocess.run([sys.executable, 'train.py', '--config', DEMO_CONFIG, '--device', 'cpu',
+                           '--teacher', teacher_checkpoint, '--resume', bad,
+                           '--opts', *tiny_opts(dataset, str(tmp_path / 'run'))],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and bad in proc.stderr and 'Traceback' not in proc.stderr
 
 
 def test_official_command_line_logs_every_term(dataset, teacher_checkpoint, tmp_path):
