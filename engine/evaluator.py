@@ -24,7 +24,6 @@ counted once, and the confusion matrices are summed with one all-reduce at the e
 import math
 import os
 import time
-from contextlib import nullcontext
 
 import cv2
 import torch
@@ -38,19 +37,8 @@ from utils.metrics import confusion_matrix, segmentation_metrics
 from utils.modules import unwrap_model
 from utils.visualize import colorize, denormalize, hstack_panels, to_label_png
 
+from .amp import AMP_DTYPES, autocast, resolve_amp
 from .distributed import DistInfo, all_reduce_sum
-
-AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-def amp_dtype(amp: str, device: torch.device):
-    """The autocast dtype for 'none' | 'bf16' | 'fp16' | 'auto' (bf16 on a GPU that supports it)."""
-    if amp == 'auto':
-        return torch.bfloat16 if device.type == 'cuda' and torch.cuda.is_bf16_supported() else None
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES) + ['auto']}, got {amp!r}")
-    return AMP_DTYPES[amp]
-
 
 def run_network(model, rgb: torch.Tensor, extra) -> torch.Tensor:
     """Float32 logits of a batch; `extra` is None for the RGB-only teacher."""
@@ -166,7 +154,7 @@ def evaluate(model, cfg, dist_info: DistInfo, role: str, *, mode=None, scales=No
     if dataset is None:
         dataset = RGBXDataset(cfg, 'val', EvalTransform(cfg))
     device = dist_info.device
-    dtype = amp_dtype(amp, device)
+    dtype = AMP_DTYPES[resolve_amp(amp, device)]
     # Evaluation needs no gradient synchronisation, and compiled graphs would be rebuilt for every
     # new window or scale size: run the plain network.
     network = unwrap_model(model)
@@ -182,8 +170,7 @@ def evaluate(model, cfg, dist_info: DistInfo, role: str, *, mode=None, scales=No
                else f'eval {role}', disable=not (progress and dist_info.is_main))
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                                      else nullcontext()):
+        with torch.inference_mode(), autocast(device, dtype):
             for item in loader:
                 rgb = item['rgb'].to(device, non_blocking=True)
                 extra = item['extra'].to(device, non_blocking=True) if role == 'student' else None

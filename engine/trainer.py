@@ -1,24 +1,19 @@
 """One training epoch of a teacher (cross-entropy) or a PrimKD student (CE + KL + feature term)."""
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.distill import distillation_losses
+from models.distill import distillation_losses, stage_index
 
 from . import distributed as du
+from .amp import autocast
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def autocast(device: torch.device, dtype):
-    """Mixed precision for `dtype` (torch.bfloat16 / torch.float16), or nothing for None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def teacher_forward(teacher, rgb, amp_dtype):
@@ -35,6 +30,11 @@ def compute_losses(student_out, teacher_out, label, cfg):
     if teacher_out is not None:
         terms.update(distillation_losses(student_out, teacher_out, cfg))
         loss = loss + terms['kl'] + terms['feat']
+        # The selected stage as one indicator per stage: their means over steps and processes are
+        # the fractions of selections, where a mean stage index would mean nothing.
+        selected = terms.pop('feat_stage')
+        for name in cfg.losses:
+            terms[f'selected_{name}'] = (selected == stage_index(name)).float()
     terms['loss'] = loss
     return loss, terms
 

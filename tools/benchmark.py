@@ -66,8 +66,10 @@ from engine.distributed import DistInfo  # noqa: E402
 from engine.evaluator import predict_probabilities  # noqa: E402
 from engine.logger import RunLogger  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from engine.trainer import autocast, train_one_epoch  # noqa: E402
+from engine.amp import autocast, native_bf16  # noqa: E402
+from engine.trainer import train_one_epoch  # noqa: E402
 from models.builder import build_model  # noqa: E402
+from models.distill import feature_term_on, kl_term_on  # noqa: E402
 from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops  # noqa: E402
 from utils.modules import unwrap_model  # noqa: E402
 
@@ -171,7 +173,7 @@ def unsupported(variant: Variant, device: torch.device) -> Optional[str]:
         return 'cudnn_benchmark (cuDNN autotuning of convolutions) needs CUDA'
     if device.type == 'cpu' and variant.precision == 'fp16':
         return 'fp16 autocast with a gradient scaler needs a GPU; use bf16 or fp32 on the CPU'
-    if device.type == 'cuda' and variant.precision == 'bf16' and not torch.cuda.is_bf16_supported():
+    if device.type == 'cuda' and variant.precision == 'bf16' and not native_bf16(device):
         return (f'{torch.cuda.get_device_name(device)} has no bfloat16 support (compute capability '
                 f'8.0 or newer is needed); use fp16 or fp32')
     return None
@@ -268,9 +270,9 @@ def random_batch(batch, size, num_classes, device, seed=0):
 def build_models(cfg, mode, device):
     """(model under training, frozen teacher or None), as train.py builds them."""
     train.seed_everything(cfg.seed)
-    model = build_model(cfg, mode, distill=mode == 'student' and train.uses_feature_term(cfg))
+    model = build_model(cfg, mode, distill=mode == 'student' and feature_term_on(cfg))
     teacher = None
-    if mode == 'student' and (train.uses_kl_term(cfg) or train.uses_feature_term(cfg)):
+    if mode == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
         teacher = build_model(cfg, 'teacher').eval().requires_grad_(False).to(device)
     return model.to(device), teacher
 

@@ -1,0 +1,31 @@
+"""Mixed precision: the one place that turns an `amp` setting into an autocast dtype."""
+from contextlib import nullcontext
+
+import torch
+
+from config import ConfigError
+
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bfloat16 in hardware: Ampere (compute capability 8.0) or newer. Older GPUs only emulate it,
+    slower than float32, which torch.cuda.is_bf16_supported() would still report as supported."""
+    return device.type == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' on GPUs with native bfloat16, else 'none'; a setting the device cannot run is
+    a ConfigError naming the key."""
+    if amp == 'auto':
+        return 'bf16' if native_bf16(device) else 'none'
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"config key 'amp': expected one of {sorted(AMP_DTYPES) + ['auto']}, got {amp!r}")
+    if amp == 'fp16' and device.type != 'cuda':
+        raise ConfigError("config key 'amp': fp16 (with a gradient scaler) needs a GPU; use bf16 or none")
+    return amp
+
+
+def autocast(device: torch.device, dtype):
+    """Mixed precision for `dtype` (torch.bfloat16 / torch.float16), or nothing for None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
