@@ -14,25 +14,28 @@ import sys
 
 import numpy as np
 import torch
+from easydict import EasyDict
 from torch.nn.parallel import DistributedDataParallel
 
 from config import ConfigError, add_config_args, load_config, parse_overrides, save_config
-from dataloader.dataset import DatasetError
+from dataloader.dataset import DatasetError, RGBXDataset
 from dataloader.loader import build_train_loader
+from dataloader.transforms import EvalTransform
 from engine import distributed as du
-from engine.checkpoint import (CHECKPOINT_FORMAT, all_rng_states, atomic_save, find_resume_checkpoint,
-                               read_checkpoint, set_rng_state)
+from engine.amp import AMP_DTYPES, resolve_amp
+from engine.checkpoint import (CHECKPOINT_FORMAT, all_rng_states, atomic_copy, atomic_save,
+                               find_resume_checkpoint, read_checkpoint, set_rng_state)
 from engine.evaluator import evaluate
 from engine.logger import RunLogger
 from engine.optim import build_optimizer, build_scheduler
 from engine.trainer import NonFiniteLossError, train_one_epoch
 from models.builder import build_model
 from models.checkpoints import CheckpointError, load_checkpoint, load_imagenet_encoder
+from models.distill import feature_term_on, kl_term_on
 
 # Official flags -> config keys. Their defaults live in the config (the paper's command line).
 DISTILLATION_FLAGS = ('distillation_alpha', 'distillation_beta', 'distillation_flag',
                       'distillation_single', 'lambda_mask', 'select', 'mask_single', 'losses')
-AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}
 
 
 def get_args_parser():
@@ -88,27 +91,10 @@ def resolve_config(args, parser):
         parser.error(str(e))
 
 
-def resolve_amp(amp, device):
-    """'auto' -> 'bf16' on GPUs that support it, else 'none'."""
-    if amp == 'auto':
-        return 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'none'
-    if amp == 'fp16' and device.type == 'cpu':
-        raise ConfigError("config key 'amp': fp16 needs a GPU; use bf16 or none on CPU")
-    return amp
-
-
 def fused_optimizer(device):
     """Whether AdamW's fused kernel can run on `device`: always on CUDA, on the CPU from torch 2.4
     (there it makes the optimizer step 2.5x faster than the default multi-tensor path)."""
     return device.type == 'cuda' or (device.type == 'cpu' and torch.__version__ >= '2.4')
-
-
-def uses_feature_term(cfg):
-    return cfg.distillation_beta > 0 and cfg.select in ('max', 'min')
-
-
-def uses_kl_term(cfg):
-    return cfg.distillation_single == 1 and cfg.distillation_alpha > 0
 
 
 def check_inputs(cfg, role, resume_path, config_path):
@@ -118,7 +104,7 @@ def check_inputs(cfg, role, resume_path, config_path):
             f"ImageNet encoder weights '{cfg.pretrained_model}' not found (config key pretrained_model). "
             f"Download the SegFormer mit_b*.pth files into pretrained/segformer/ (see pretrained/README.md), "
             f"or train from scratch with --no-pretrained.")
-    if role == 'student' and (uses_kl_term(cfg) or uses_feature_term(cfg)):
+    if role == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
         if not cfg.teacher_checkpoint or not os.path.isfile(str(cfg.teacher_checkpoint)):
             raise FileNotFoundError(
                 f"teacher checkpoint '{cfg.teacher_checkpoint}' not found (config key teacher_checkpoint, "
@@ -137,6 +123,20 @@ def resume_checkpoint_path(resume, run_dir, logger):
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"--resume: checkpoint '{resume}' does not exist")
     return resume
+
+
+def resume_conflicts(saved_cfg, cfg):
+    """Settings that shape the trained parameters or the optimizer state and differ from those of
+    the run a checkpoint comes from (its weights load, but its optimizer state cannot)."""
+    saved = EasyDict(saved_cfg)
+    conflicts = [f'{key} {saved[key]!r} -> {cfg[key]!r}' for key in ('optimizer',) if saved[key] != cfg[key]]
+    if feature_term_on(saved) != feature_term_on(cfg):
+        conflicts.append('the feature term (distillation_beta, select) is '
+                         + ('off' if feature_term_on(saved) else 'on') + ' now')
+    elif feature_term_on(cfg):
+        conflicts += [f'{key} {saved[key]!r} -> {cfg[key]!r}' for key in ('losses', 'mask_single')
+                      if saved[key] != cfg[key]]
+    return conflicts
 
 
 def seed_everything(seed):
@@ -158,7 +158,10 @@ def main(args, parser):
     cfg = resolve_config(args, parser)
     if args.port and 'MASTER_PORT' not in os.environ:
         os.environ['MASTER_PORT'] = str(args.port)
-    dist_info = du.init_distributed(args.device)
+    try:
+        dist_info = du.init_distributed(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     device, role = dist_info.device, args.mode
     run_dir = os.path.join(cfg.log_dir, role)
     logger = RunLogger(run_dir, enabled=dist_info.is_main)
@@ -173,11 +176,15 @@ def main(args, parser):
         # Same seed on every rank while the networks are built, so their initial weights agree.
         seed_everything(cfg.seed)
         loader = build_train_loader(cfg, dist_info)
-        distill_heads = role == 'student' and uses_feature_term(cfg)
-        model = build_model(cfg, role, distill=distill_heads)
+        val_dataset = RGBXDataset(cfg, 'val', EvalTransform(cfg))
+        model = build_model(cfg, role, distill=role == 'student' and feature_term_on(cfg))
         resume = None
         if resume_path:
             resume = read_checkpoint(resume_path)
+            conflicts = resume_conflicts(resume['config'], cfg)
+            if conflicts:
+                raise CheckpointError(f"--resume '{resume_path}': this run changes {', '.join(conflicts)}; "
+                                      f"resume with the checkpoint's settings (its config.py)")
             try:
                 load_checkpoint(model, resume)
             except CheckpointError as e:
@@ -185,13 +192,16 @@ def main(args, parser):
         elif cfg.pretrained_model:
             load_imagenet_encoder(model, cfg.pretrained_model)
         teacher = None
-        if role == 'student' and (uses_kl_term(cfg) or uses_feature_term(cfg)):
+        if role == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
             teacher = build_model(cfg, 'teacher')
             load_checkpoint(teacher, cfg.teacher_checkpoint)
             teacher.eval().requires_grad_(False).to(device)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError) as e:
         logger.close()
-        parser.exit(2, f'{parser.prog}: error: {e}\n')
+        du.cleanup()
+        if dist_info.is_main:
+            parser.exit(2, f'{parser.prog}: error: {e}\n')
+        sys.exit(2)
 
     if dist_info.distributed and device.type == 'cuda':
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -206,10 +216,16 @@ def main(args, parser):
     if resume:
         optimizer.load_state_dict(resume['optimizer'])
         scheduler.load_state_dict(resume['scheduler'])
-        scaler.load_state_dict(resume['scaler'])
+        if resume['scaler']:  # empty when the run did not use fp16
+            scaler.load_state_dict(resume['scaler'])
         start_epoch, best_miou = resume['epoch'] + 1, resume['best_miou']
         rng = resume['rng']
-        set_rng_state(rng[dist_info.rank] if len(rng) == dist_info.world_size else rng[0])
+        if len(rng) == dist_info.world_size:
+            set_rng_state(rng[dist_info.rank])
+        else:
+            seed_everything(cfg.seed + dist_info.rank + 1000 * start_epoch)
+            logger.info(f'the checkpoint comes from {len(rng)} process(es), this run has '
+                        f'{dist_info.world_size}: training randomness is reseeded, not continued')
         logger.info(f'resumed from {resume_path} (epoch {resume["epoch"]}, best mIoU {best_miou:.4f})')
     else:
         # Training randomness (dropout, drop-path, masks) differs between ranks.
@@ -231,7 +247,7 @@ def main(args, parser):
                 f'amp {amp}, run directory {run_dir}')
     if teacher is not None:
         logger.info(f'teacher {cfg.teacher_checkpoint}; alpha {cfg.distillation_alpha} '
-                    f'(KL {"on" if uses_kl_term(cfg) else "off"}, flag {cfg.distillation_flag}), '
+                    f'(KL {"on" if kl_term_on(cfg) else "off"}, flag {cfg.distillation_flag}), '
                     f'beta {cfg.distillation_beta} ({cfg.mask_single}, {cfg.select} of {cfg.losses})')
 
     for epoch in range(start_epoch, cfg.nepochs + 1):
@@ -247,7 +263,8 @@ def main(args, parser):
         record = {'epoch': epoch, **{k: round(v, 8) for k, v in means.items()}}
         logger.info(f'epoch {epoch}/{cfg.nepochs} ' + ' '.join(f'{k}={v:.4f}' for k, v in means.items()))
         if epoch % cfg.eval_step == 0 or epoch == cfg.nepochs:
-            metrics = evaluate(model, cfg, dist_info, role, mode=cfg.eval_mode, amp=amp, progress=False)
+            metrics = evaluate(model, cfg, dist_info, role, mode=cfg.eval_mode, amp=amp, progress=False,
+                               dataset=val_dataset)
             record['miou'] = metrics['miou']
             logger.scalars({'miou': metrics['miou'], 'pixel_acc': metrics['pixel_acc']}, epoch, 'val')
             logger.scalars({name: iou for name, iou in zip(cfg.class_names, metrics['iou'])
@@ -263,9 +280,11 @@ def main(args, parser):
             targets = ['last.pth'] + (['best.pth'] if improved else [])
             if epoch >= cfg.checkpoint_start_epoch and epoch % cfg.checkpoint_step == 0:
                 targets.append(f'epoch-{epoch}.pth')
-            for name in targets:
-                save_run_checkpoint(os.path.join(run_dir, name), model, optimizer, scheduler, scaler,
-                                    cfg, role, epoch, iteration, best_miou, rng_states)
+            first = os.path.join(run_dir, targets[0])
+            save_run_checkpoint(first, model, optimizer, scheduler, scaler, cfg, role, epoch, iteration,
+                                best_miou, rng_states)
+            for name in targets[1:]:
+                atomic_copy(first, os.path.join(run_dir, name))
         du.barrier()
         if args.stop_after_epoch is not None and epoch >= args.stop_after_epoch:
             logger.info(f'stopping after epoch {epoch} as asked (--stop-after-epoch)')

@@ -7,10 +7,14 @@ set -eo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/tools/setup_env.sh"
 
 primkd_config "$@"
+# The official --port (either form) is torchrun's rendezvous port.
+previous=
 for arg in "${PRIMKD_ARGS[@]}"; do
     case "$arg" in
         --port=*) export MASTER_PORT="${MASTER_PORT:-${arg#--port=}}" ;;
+        *) [ "$previous" = --port ] && export MASTER_PORT="${MASTER_PORT:-$arg}" ;;
     esac
+    previous="$arg"
 done
 if [[ "$(basename "$PRIMKD_CONFIG")" == demo.py && " ${PRIMKD_ARGS[*]} " != *" --mode"* ]]; then
     exec "$PYTHON" tools/demo.py --config "$PRIMKD_CONFIG" "${PRIMKD_ARGS[@]}"

@@ -28,10 +28,11 @@ import time
 
 import torch
 
-from config import add_config_args, config_from_args
+from config import ConfigError, add_config_args, config_from_args
 from dataloader.dataset import DatasetError, RGBXDataset
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
+from engine.amp import resolve_amp
 from engine.evaluator import evaluate
 from models.builder import build_model
 from models.checkpoints import CheckpointError, load_checkpoint
@@ -219,7 +220,10 @@ def report(result, settings, class_names, json_path):
 def main(args, parser):
     """Evaluates every checkpoint of -e; returns [(path, result dict)] (the same on every process)."""
     cfg = config_from_args(args, parser)
-    dist_info = du.init_distributed(args.device)
+    try:
+        dist_info = du.init_distributed(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     role = args.mode
 
     def fail(message):
@@ -234,8 +238,14 @@ def main(args, parser):
     mode = args.eval_mode or cfg.eval_mode
     scales = args.scales or cfg.eval_scale_array
     flip = cfg.eval_flip if args.flip is None else args.flip
-    if any(s <= 0 for s in scales):
-        fail(f'--scales must be positive, got {scales}')
+    # The encoder's last stage has stride 32: smaller inputs cannot go through it.
+    if any(round(min(cfg.image_height, cfg.image_width) * s) < 32 for s in scales):
+        fail(f'--scales {scales}: each scale must keep the image ({cfg.image_height}x{cfg.image_width}) '
+             f'at least 32 pixels on its shorter side')
+    try:
+        resolve_amp(args.amp, dist_info.device)
+    except ConfigError as e:
+        fail(f'--amp {args.amp}: {e}')
     try:
         checkpoints = resolve_checkpoints(args.checkpoints, os.path.join(cfg.log_dir, role), role)
         outputs = output_paths(checkpoints, args.save_path, args.json)

@@ -2,6 +2,7 @@
 import glob
 import os
 import random
+import shutil
 
 import numpy as np
 import torch
@@ -13,15 +14,15 @@ from . import distributed as du
 CHECKPOINT_FORMAT = 'primkd'
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A process killed at any moment leaves either the old file or the new one, never a torn file."""
+def atomic_write(path: str, write) -> None:
+    """Calls write(binary file) on a temporary file in the same folder, fsyncs it, then renames it
+    over `path`. A process killed at any moment leaves either the old file or the new one, never a
+    torn file."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
     try:
         with open(tmp, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,6 +34,17 @@ def atomic_save(obj, path: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save, atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_copy(source: str, path: str) -> None:
+    """A copy of a file written atomically: the other names of a checkpoint saved once."""
+    with open(source, 'rb') as src:
+        atomic_write(path, lambda f: shutil.copyfileobj(src, f, 16 << 20))
 
 
 def rng_state() -> dict:
@@ -72,7 +84,8 @@ def read_checkpoint(path: str) -> dict:
     """Loads a training checkpoint of this project; raises CheckpointError (a ValueError) naming the
     file if it cannot be read or is not one."""
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        # Memory-mapped: --resume auto opens every checkpoint of a run to find the newest.
+        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as e:  # a torn or foreign file: report which one and why
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT or 'optimizer' not in ckpt:

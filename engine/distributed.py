@@ -35,7 +35,7 @@ def init_distributed(device: str = 'auto') -> DistInfo:
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     use_cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError('--device cuda was asked for, but CUDA is not available')
+        raise ValueError('--device cuda: CUDA is not available on this machine (use --device cpu or auto)')
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device('cuda', local_rank)
@@ -93,15 +93,6 @@ def average_batchnorm_buffers(model: torch.nn.Module) -> None:
             for buffer in (module.running_mean, module.running_var):
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
                 buffer /= get_world_size()
-
-
-def broadcast_object(obj, src: int = 0):
-    """Sends a picklable object from `src` to every process (identity in one process)."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def cleanup():

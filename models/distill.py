@@ -20,6 +20,17 @@ from config import STAGE_LOSSES
 from .decoders.mlp import init_conv_kaiming
 
 
+def kl_term_on(cfg) -> bool:
+    """The KL term is used: switched on (distillation_single) with a non-zero weight."""
+    return cfg.distillation_single == 1 and cfg.distillation_alpha != 0
+
+
+def feature_term_on(cfg) -> bool:
+    """The feature term is used: a positive weight and a max/min stage selection. Only then does the
+    student get reconstruct heads."""
+    return cfg.distillation_beta > 0 and cfg.select in ('max', 'min')
+
+
 def stage_index(loss_name: str) -> int:
     """'loss1' -> 0: the stage feature a head reconstructs."""
     return STAGE_LOSSES.index(loss_name)
@@ -115,7 +126,7 @@ def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor
     device = student_logits.device
     losses = {}
 
-    if cfg.distillation_single == 1 and cfg.distillation_alpha != 0:
+    if kl_term_on(cfg):
         if cfg.distillation_flag == 1:
             kl = kl_divergence(teacher_logits, student_logits)
         else:

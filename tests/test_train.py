@@ -171,17 +171,21 @@ def test_official_command_line_logs_every_term(dataset, teacher_checkpoint, tmp_
             saved.mask_single, saved.lambda_mask) == (1.0, 0.1, 1, 'max', 'hint', 0.75)
     scalars = read_scalars(os.path.join(run_dir, 'tb'))
     for tag in ('loss', 'ce', 'kl', 'feat', 'feat_loss1', 'feat_loss2', 'feat_loss3', 'feat_loss4',
-                'feat_stage', 'lr'):
+                'selected_loss1', 'selected_loss2', 'selected_loss3', 'selected_loss4', 'lr'):
         assert len(scalars[f'train/{tag}']) == 2, tag  # one per iteration
     for (_, loss), (_, ce), (_, kl), (_, feat) in zip(*(scalars[f'train/{t}'] for t in ('loss', 'ce', 'kl', 'feat'))):
         assert kl > 0 and feat > 0 and loss == pytest.approx(ce + kl + feat, rel=1e-5)
     for step in range(2):
         per_stage = [scalars[f'train/feat_loss{k}'][step][1] for k in range(1, 5)]
         assert scalars['train/feat'][step][1] == pytest.approx(0.1 * max(per_stage), rel=1e-5)
-        assert scalars['train/feat_stage'][step][1] == per_stage.index(max(per_stage))
+        selected = [scalars[f'train/selected_loss{k}'][step][1] for k in range(1, 5)]
+        assert selected == [1.0 if k == per_stage.index(max(per_stage)) else 0.0 for k in range(4)]
     assert 'val/miou' in scalars and any(t.startswith('val_iou/') for t in scalars)
     log = open(os.path.join(run_dir, 'train.log')).read()
     assert 'kl=' in log and 'feat=' in log and 'validation mIoU' in log
+    # The one validation improved on nothing: best.pth is an exact copy of the epoch's checkpoint.
+    with open(os.path.join(run_dir, 'best.pth'), 'rb') as best, open(os.path.join(run_dir, 'last.pth'), 'rb') as last:
+        assert best.read() == last.read()
 
 
 def test_zero_alpha_and_beta_is_cross_entropy_alone(dataset, tmp_path):
@@ -299,3 +303,22 @@ def test_encoders_start_from_the_configured_imagenet_weights(dataset, tmp_path):
         if not key.startswith('head.'):
             assert torch.equal(exported[f'backbone.{key}'], value), key
             assert torch.equal(exported[f'backbone.extra_{key}'], value), key
+
+
+def test_resume_with_conflicting_settings_is_refused(dataset, teacher_checkpoint, tmp_path):
+    log_dir = str(tmp_path / 'run')
+    argv = ['--config', DEMO_CONFIG, '--teacher', teacher_checkpoint, '--device', 'cpu']
+    run_main(argv + ['--opts', *tiny_opts(dataset, log_dir, nepochs=1)])
+    proc = subprocess.run([sys.executable, 'train.py', *argv, '--resume', 'auto', '--distillation_beta', '0',
+                           '--opts', *tiny_opts(dataset, log_dir, nepochs=2)],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'the feature term' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
+def test_cuda_asked_for_without_cuda_is_a_clear_error(dataset, tmp_path):
+    proc = subprocess.run([sys.executable, 'train.py', '--config', DEMO_CONFIG, '--device', 'cuda',
+                           '--opts', *tiny_opts(dataset, str(tmp_path / 'run'))],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and 'CUDA is not available' in proc.stderr and 'Traceback' not in proc.stderr

@@ -213,7 +213,7 @@ def expect_usage_error(capsys, argv, *fragments):
 
 @pytest.mark.parametrize('case', ['missing file', 'missing epoch', 'teacher as student',
                                   'other backbone', 'other class count', 'bad one of two',
-                                  'missing dataset'])
+                                  'missing dataset', 'scale too small'])
 def test_bad_input_stops_before_the_first_image(case, dataset_root, checkpoints, tmp_path, capsys):
     paths, _, _, _ = checkpoints
     extra_opts, checkpoint, fragments = {}, paths['student'], []
@@ -232,8 +232,11 @@ def test_bad_input_stops_before_the_first_image(case, dataset_root, checkpoints,
         checkpoint, fragments = f'{paths["student"]},{paths["teacher"]}', ['teacher.pth']
     elif case == 'missing dataset':
         extra_opts, fragments = {'dataset_path': str(tmp_path / 'nodata')}, ['nodata', 'does not exist']
+    scales = []
+    if case == 'scale too small':   # the encoder's stride 32 needs 32 pixels
+        scales, fragments = ['--scales', '1', '0.2'], ['--scales', 'at least 32 pixels']
     out = tmp_path / 'out'
-    err = expect_usage_error(capsys, ['--config', DEMO, '-e', checkpoint, '--save_path', str(out),
+    err = expect_usage_error(capsys, ['--config', DEMO, '-e', checkpoint, '--save_path', str(out), *scales,
                                       *opts(dataset_root, log_dir=str(tmp_path / 'log'),
                                             **extra_opts)], ': error: ', *fragments)
     assert len(err.strip().splitlines()) == 1

@@ -17,8 +17,11 @@ from dataloader.synthetic import make_synthetic_dataset  # noqa: E402
 
 
 def run(command):
+    """Runs one step; if it fails, its own error message is the demo's last word."""
     print('>> ' + ' '.join(command), flush=True)
-    subprocess.run(command, check=True)
+    status = subprocess.run(command).returncode
+    if status:
+        sys.exit(status)
 
 
 def main():
@@ -34,8 +37,10 @@ def main():
                                height=cfg.image_height, width=cfg.image_width, seed=cfg.seed)
     python = sys.executable
     results = {}
+    teacher = os.path.join(cfg.log_dir, 'teacher', 'best.pth')  # follows --opts log_dir=...
     for role in ('teacher', 'student'):
-        run([python, 'train.py', '--config', args.config, '--mode', role, '--resume', 'auto', *opts, *train_args])
+        run([python, 'train.py', '--config', args.config, '--mode', role, '--resume', 'auto',
+             *(['--teacher', teacher] if role == 'student' else []), *opts, *train_args])
         out = os.path.join(cfg.log_dir, role, 'eval_best.json')
         run([python, 'val.py', '--config', args.config, '--mode', role,
              '-e', os.path.join(cfg.log_dir, role, 'best.pth'), '--json', out, *opts])
