@@ -3,7 +3,7 @@
 One process on a CPU or GPU, or several under torchrun (`bash val.sh` starts one per visible GPU);
 each process evaluates every world_size-th image. Examples:
 
-    python val.py --config config/nyu_b4.py -e pretrained/pre/nyu-b4.pth
+    python val.py --config config/nyu_b4.py -e pretrained/primkd/nyu_b4.pth
     python val.py -e best --scales 0.75 1 1.25 --flip            # multi-scale + flip
     python val.py -e 100-500 --mode teacher                      # every epoch-N.pth in the range
 
