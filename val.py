@@ -26,8 +26,6 @@ import re
 import sys
 import time
 
-import torch
-
 from config import ConfigError, add_config_args, config_from_args
 from dataloader.dataset import DatasetError, RGBXDataset
 from dataloader.transforms import EvalTransform
@@ -166,22 +164,6 @@ def output_paths(checkpoints, save_path, json_out):
     return outputs
 
 
-def read_weights(path):
-    """The checkpoint dict, memory-mapped: checking a file reads its model tensors only, not the
-    optimizer state that makes up most of a training checkpoint."""
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:  # a torn file or an arbitrary pickle: say which file
-        raise CheckpointError(f"cannot be read as a weights-only checkpoint: {e}") from e
-
-
-def load_weights(model, path):
-    try:
-        load_checkpoint(model, read_weights(path))
-    except CheckpointError as e:
-        raise CheckpointError(f"checkpoint '{path}': {e}") from e
-
-
 def json_ready(value):
     """NaN (an undefined per-class figure) -> None, so the file is standard JSON."""
     if isinstance(value, float) and math.isnan(value):
@@ -258,7 +240,7 @@ def main(args, parser):
     model = build_model(cfg, role)
     try:
         for path in checkpoints:
-            load_weights(model, path)
+            load_checkpoint(model, path, mmap=True)
     except CheckpointError as e:
         fail(str(e))
     model.to(dist_info.device)
@@ -275,7 +257,7 @@ def main(args, parser):
     for path in checkpoints:
         json_path, prediction_dir = outputs[path]
         if path != loaded:
-            load_weights(model, path)
+            load_checkpoint(model, path, mmap=True)
             loaded = path
         result = evaluate(model, cfg, dist_info, role, mode=mode, scales=scales, flip=flip,
                           save_path=prediction_dir, amp=args.amp, side_by_side=args.side_by_side,

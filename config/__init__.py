@@ -13,6 +13,8 @@ import runpy
 
 from easydict import EasyDict
 
+from utils.io import atomic_write
+
 from .base import NULLABLE, PATH_KEYS, base_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,10 +198,7 @@ def config_to_text(cfg):
 
 
 def save_config(cfg, path):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(config_to_text(cfg))
-    os.replace(tmp, path)
+    atomic_write(path, config_to_text(cfg))
 
 
 def add_config_args(parser, default='config/nyu_b4.py'):

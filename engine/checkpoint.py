@@ -7,33 +7,12 @@ import shutil
 import numpy as np
 import torch
 
-from models.checkpoints import CheckpointError
+from models.checkpoints import CheckpointError, read_checkpoint_file
+from utils.io import atomic_write
 
 from . import distributed as du
 
 CHECKPOINT_FORMAT = 'primkd'
-
-
-def atomic_write(path: str, write) -> None:
-    """Calls write(binary file) on a temporary file in the same folder, fsyncs it, then renames it
-    over `path`. A process killed at any moment leaves either the old file or the new one, never a
-    torn file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def atomic_save(obj, path: str) -> None:
@@ -83,12 +62,9 @@ def all_rng_states() -> list:
 def read_checkpoint(path: str) -> dict:
     """Loads a training checkpoint of this project; raises CheckpointError (a ValueError) naming the
     file if it cannot be read or is not one."""
-    try:
-        # Memory-mapped: --resume auto opens every checkpoint of a run to find the newest.
-        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:  # a torn or foreign file: report which one and why
-        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT or 'optimizer' not in ckpt:
+    # Memory-mapped: --resume auto opens every checkpoint of a run to find the newest.
+    ckpt = read_checkpoint_file(path, mmap=True)
+    if ckpt.get('format') != CHECKPOINT_FORMAT or 'optimizer' not in ckpt:
         raise CheckpointError(f"'{path}' is not a training checkpoint of this project (model weights "
                               f"alone, e.g. official ones, cannot resume a run; use --teacher or val.py)")
     return ckpt

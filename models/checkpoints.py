@@ -195,13 +195,16 @@ def _check_fits(model_contents: _Contents, contents: _Contents, source: str) -> 
 
 # --- reading ------------------------------------------------------------------------------
 
-def _read(path, what: str, help_text: str = '') -> dict:
+def read_checkpoint_file(path, what: str = 'checkpoint', help_text: str = '', mmap: bool = False) -> dict:
+    """The dict a .pth file holds, loaded weights-only; CheckpointError naming the file otherwise.
+    `mmap` maps instead of reading (files written by torch >= 1.6): inspecting a training checkpoint
+    then reads its model tensors only, not the optimizer state that makes up most of it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} '{path}' not found" + (f": {help_text}" if help_text
                                                                     else ''))
     try:
-        raw = torch.load(path, map_location='cpu', weights_only=True)
+        raw = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:  # a truncated file or an arbitrary pickle: say which file
         raise CheckpointError(f"{what} '{path}' cannot be read as a weights-only checkpoint: "
                               f"{e}") from e
@@ -265,14 +268,15 @@ def _match(module: nn.Module, state: Dict[str, torch.Tensor], source: str, stric
     return {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
 
 
-def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True) -> dict:
+def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True, mmap: bool = False) -> dict:
     """Loads a project or official PrimKD/CMX checkpoint (path or already loaded dict) into `model`
     and returns the raw checkpoint dict (optimizer state etc. included)."""
     model = unwrap_model(model)
     if isinstance(path_or_state, dict):
         raw, source = path_or_state, 'the checkpoint'
     else:
-        raw, source = _read(path_or_state, 'checkpoint'), f"checkpoint '{path_or_state}'"
+        raw = read_checkpoint_file(path_or_state, mmap=mmap)
+        source = f"checkpoint '{path_or_state}'"
     state = _state_of(raw, source)
     official = _is_official(state)
     if official:
@@ -291,7 +295,7 @@ def load_imagenet_encoder(model: nn.Module, path) -> None:
     """Loads SegFormer ImageNet weights (mit_b*.pth) into the teacher's encoder or into both
     branches of the student's; the classifier `head.*` is dropped. Always strict."""
     model = unwrap_model(model)
-    raw = _read(path, 'ImageNet encoder weights', IMAGENET_HELP)
+    raw = read_checkpoint_file(path, 'ImageNet encoder weights', IMAGENET_HELP)
     source = f"ImageNet encoder weights '{path}'"
     branch_state, unknown = OrderedDict(), []
     for key, value in _state_of(raw, source).items():

@@ -321,7 +321,7 @@ def test_tool_skips_existing_outputs_unless_overwrite(depth_folders, tmp_path):
     run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--overwrite')
     room_m = read_png(str(depth_dir / 'room.png')) / NYU_DEPTH_SCALE
     assert (hha_from_file(out_dir / 'room.png') == depth_to_hha(room_m, None, NYU_CAMERA)).all()
-    assert not [n for n in os.listdir(out_dir) if n.endswith('.tmp')]
+    assert not [n for n in os.listdir(out_dir) if '.tmp' in n]
 
 
 @pytest.mark.parametrize('content, message', [

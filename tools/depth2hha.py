@@ -23,6 +23,7 @@ from tqdm import tqdm
 # Run as `python tools/depth2hha.py`: make the repository's packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 PNG_GREY = 0
@@ -124,12 +125,8 @@ def convert(job, depth_scale, camera):
     ok, png = cv2.imencode('.png', np.ascontiguousarray(hha[..., ::-1]))
     if not ok:
         raise ConversionError(f'{out_path}: PNG encoding failed')
-    # Write to a temporary file and rename, so an interrupted run never leaves a truncated PNG.
-    tmp_path = os.path.join(os.path.dirname(out_path),
-                            f'.{os.path.basename(out_path)}.{os.getpid()}.tmp')
-    with open(tmp_path, 'wb') as f:
-        f.write(png.tobytes())
-    os.replace(tmp_path, out_path)
+    # An interrupted run never leaves a truncated PNG.
+    atomic_write(out_path, png.tobytes(), durable=False)
 
 
 def _convert_in_worker(job, depth_scale, camera):

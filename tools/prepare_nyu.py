@@ -34,6 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 ARRAYS = ('images', 'depths', 'rawDepths', 'labels')
 FOLDERS = {'RGB': '.jpg', 'Depth': '.png', 'HHA': '.jpg', 'Label': '.png'}
@@ -152,10 +153,7 @@ def write_atomic(path, image, params=()):
     ok, encoded = cv2.imencode(os.path.splitext(path)[1], image, list(params))
     if not ok:
         raise OSError(f"could not encode '{path}'")
-    temporary = path + '.tmp'
-    with open(temporary, 'wb') as f:
-        f.write(encoded.tobytes())
-    os.replace(temporary, path)
+    atomic_write(path, encoded.tobytes(), durable=False)
 
 
 _worker = {}
@@ -179,10 +177,7 @@ def convert_and_write(index):
 
 
 def write_split(path, indices):
-    temporary = path + '.tmp'
-    with open(temporary, 'w') as f:
-        f.write(''.join(item_name(i) + '\n' for i in indices))
-    os.replace(temporary, path)
+    atomic_write(path, ''.join(item_name(i) + '\n' for i in indices), durable=False)
 
 
 def main(args):
