@@ -206,6 +206,7 @@ def main(args, parser):
     if dist_info.distributed and device.type == 'cuda':
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg, fused=fused_optimizer(device))

@@ -54,7 +54,7 @@ def test_attention_formulas_agree_with_torchs_for_the_cuda_kernels():
 @pytest.mark.parametrize('text, expected', [
     ('fp32', ('fp32', False, False, False)),
     ('bf16+channels_last+compile', ('bf16', True, True, False)),
-    ('fp16+cudnn_benchmark', ('fp16', False, False, True)),
+    ('fp16+no_cudnn_benchmark', ('fp16', False, False, True)),
 ])
 def test_variant_names(text, expected):
     assert tuple(benchmark.parse_variant(text))[1:] == expected

@@ -18,7 +18,9 @@ evaluator's forward pass (engine.evaluator.predict_probabilities on one image of
 config's eval_mode, scale 1, no flip) under the variant's precision.
 
 Variants are a precision, optionally with `+channels_last` (config key channels_last), `+compile`
-(train.py --compile) and `+cudnn_benchmark` (torch.backends.cudnn.benchmark, CUDA only): `fp32`
+(train.py --compile) and `+no_cudnn_benchmark` (torch.backends.cudnn.benchmark off; every other
+variant follows the config key cudnn_benchmark, on by default as in train.py and the official
+code; CUDA only): `fp32`
 (eager float32, the official numerical path), `bf16` (autocast bfloat16, train.py's default on
 GPUs), `fp16` (autocast float16 with a gradient scaler, CUDA only). A variant the device cannot
 run, or one whose compilation fails, is reported as an error in its row; the others still run.
@@ -74,9 +76,9 @@ from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_fl
 from utils.modules import unwrap_model  # noqa: E402
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-OPTIONS = ('channels_last', 'compile', 'cudnn_benchmark')
+OPTIONS = ('channels_last', 'compile', 'no_cudnn_benchmark')
 DEFAULT_VARIANTS = {
-    'cuda': ['fp32', 'bf16', 'bf16+channels_last', 'bf16+cudnn_benchmark', 'bf16+compile'],
+    'cuda': ['fp32', 'bf16', 'bf16+no_cudnn_benchmark', 'bf16+channels_last', 'bf16+compile'],
     'cpu': ['fp32', 'bf16', 'bf16+channels_last'],
 }
 
@@ -99,7 +101,7 @@ class Variant(NamedTuple):
     precision: str
     channels_last: bool
     compile: bool
-    cudnn_benchmark: bool
+    no_cudnn_benchmark: bool
 
     @property
     def amp_dtype(self):
@@ -125,7 +127,7 @@ def get_args_parser():
     parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
                         help="input height and width (default: the config's image size)")
     parser.add_argument('--variants', nargs='+', metavar='VARIANT',
-                        help='PRECISION[+channels_last][+compile][+cudnn_benchmark], PRECISION '
+                        help='PRECISION[+channels_last][+compile][+no_cudnn_benchmark], PRECISION '
                              'fp32 | bf16 | fp16 (default: '
                              f"{' '.join(DEFAULT_VARIANTS['cuda'])} on CUDA, "
                              f"{' '.join(DEFAULT_VARIANTS['cpu'])} on CPU)")
@@ -169,8 +171,8 @@ def check_args(args, parser, cfg):
 
 def unsupported(variant: Variant, device: torch.device) -> Optional[str]:
     """Why `device` cannot run `variant`, or None."""
-    if device.type == 'cpu' and variant.cudnn_benchmark:
-        return 'cudnn_benchmark (cuDNN autotuning of convolutions) needs CUDA'
+    if device.type == 'cpu' and variant.no_cudnn_benchmark:
+        return 'no_cudnn_benchmark (cuDNN autotuning of convolutions off) needs CUDA'
     if device.type == 'cpu' and variant.precision == 'fp16':
         return 'fp16 autocast with a gradient scaler needs a GPU; use bf16 or fp32 on the CPU'
     if device.type == 'cuda' and variant.precision == 'bf16' and not native_bf16(device):
@@ -311,7 +313,7 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
     cfg = type(cfg)(dict(cfg), channels_last=variant.channels_last, compile=variant.compile)
     amp_dtype = variant.amp_dtype
     result = {'variant': variant.name}
-    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not variant.no_cudnn_benchmark
     with PeakMemory(device) as memory:
         model, teacher = build_models(cfg, args.mode, device)
         if variant.channels_last:
