@@ -122,7 +122,8 @@ def test_resumed_run_equals_uninterrupted_run(dataset, teacher_checkpoint, tmp_p
                         '--opts', *tiny_opts(dataset, split_dir)])
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a.double(), b.double(), atol=1e-6, rtol=0), name
-    full_log, split_log = read_metrics(os.path.join(full_dir, 'student')), read_metrics(os.path.join(split_dir, 'student'))
+    full_log = read_metrics(os.path.join(full_dir, 'student'))
+    split_log = read_metrics(os.path.join(split_dir, 'student'))
     assert [r['epoch'] for r in split_log] == [1, 2, 3]
     for a, b in zip(full_log, split_log):
         assert a.keys() == b.keys()
@@ -195,6 +196,15 @@ def test_zero_alpha_and_beta_is_cross_entropy_alone(dataset, tmp_path):
     scalars = read_scalars(os.path.join(log_dir, 'student', 'tb'))
     assert 'train/kl' not in scalars and 'train/feat' not in scalars
     assert [v for _, v in scalars['train/loss']] == [v for _, v in scalars['train/ce']]
+
+
+@pytest.mark.parametrize('enabled', [True, False])
+def test_cudnn_benchmark_follows_the_config(dataset, tmp_path, monkeypatch, enabled):
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', not enabled)
+    run_main(['--config', DEMO_CONFIG, '--device', 'cpu', '--distillation_alpha', '0', '--distillation_beta', '0',
+              '--opts', *tiny_opts(dataset, str(tmp_path / 'run'), nepochs=1, teacher_checkpoint=None,
+                                   cudnn_benchmark=enabled)])
+    assert torch.backends.cudnn.benchmark is enabled
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, teacher_checkpoint, tmp_path, monkeypatch):
