@@ -8,11 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from config import load_config
 from models import build_model
 from models.checkpoints import load_checkpoint, load_imagenet_encoder, to_official_state_dict
+from models.encoders.mit import mit_size
 from utils.flops import count_macs
 
 # The SegFormer sizes, written out here independently of the model's table.
@@ -428,3 +430,34 @@ def test_flops_counts_attention(role):
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as math_path:
         model(*inputs)
     assert math_path.get_total_flops() // 2 == macs['total']
+
+
+class AttentionCalls(TorchFunctionMode):
+    """Records the query shape of every F.scaled_dot_product_attention call."""
+
+    def __init__(self):
+        super().__init__()
+        self.query_shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.query_shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('role', ['teacher', 'student'])
+def test_every_mit_block_uses_fused_attention(role):
+    """The speed of training rests on torch's fused attention kernels: every MiT block of every
+    branch must reach them through F.scaled_dot_product_attention (timm's fused path)."""
+    cfg = demo_config()
+    model = build_model(cfg, role).eval()
+    rgb = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), AttentionCalls() as spy:
+        model(rgb, torch.randn_like(rgb))
+    size = mit_size(cfg.backbone)
+    branches = 2 if role == 'student' else 1
+    # Stage k attends from (64 / 2^(k+1)) x (96 / 2^(k+1)) query tokens with one head per 32 channels.
+    expected = [(1, heads, (64 >> (stage + 2)) * (96 >> (stage + 2)), 32)
+                for stage, (depth, heads) in enumerate(zip(size.depths, size.num_heads))
+                for _ in range(depth)]
+    assert sorted(spy.query_shapes) == sorted(expected * branches)
