@@ -2,6 +2,7 @@
 own formulas, and the benchmark's report (structure, consistency of its figures, the FLOPs of a step
 against counts made here). No assertion is about speed."""
 import json
+import os
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from config import load_config
+from config import REPO_ROOT, load_config
 from dataloader.synthetic import make_synthetic_dataset
 from models.builder import build_model
 from tools import benchmark
@@ -151,6 +152,8 @@ def test_loader_benchmark_and_absent_dataset(tmp_path, capsys):
     (['--variants', 'fp64'], '--variants'),
     (['--variants', 'bf16', 'bf16'], 'twice'),
     (['--peak-tflops', '-1'], '--peak-tflops'),
+    (['--json', os.path.join(REPO_ROOT, 'README.md', 'cpu.json')], '--json'),  # a folder in a file
+    (['--json', os.path.join(REPO_ROOT, 'benchmarks')], '--json'),  # an existing folder
 ])
 def test_bad_arguments_stop_before_work(argv, message, capsys):
     with pytest.raises(SystemExit):
