@@ -67,8 +67,12 @@ def train_one_epoch(model, teacher, loader, optimizer, scheduler, scaler, cfg, e
 
         # One small all-reduce and one host sync per step: every rank sees the mean terms, so a
         # non-finite value on any rank stops all of them at the same step instead of hanging DDP.
+        # The sync comes after the backward pass has been queued, so the GPU never waits for the
+        # host between forward and backward; the check still precedes the optimizer step.
         names = list(terms)
         values = du.all_reduce_mean(torch.stack([terms[n].detach().float() for n in names]))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
         step_terms = dict(zip(names, values.cpu().tolist()))
         iteration = (epoch - 1) * niters + idx
         bad = {n: v for n, v in step_terms.items() if not math.isfinite(v)}
@@ -76,9 +80,6 @@ def train_one_epoch(model, teacher, loader, optimizer, scheduler, scaler, cfg, e
             raise NonFiniteLossError(
                 f'non-finite loss at epoch {epoch}, iteration {idx} (global step {iteration}): '
                 + ', '.join(f'{n}={v}' for n, v in step_terms.items()))
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         lr = optimizer.param_groups[0]['lr']

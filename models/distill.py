@@ -160,5 +160,5 @@ def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor
     selection = F.one_hot(chosen, len(names)).to(stacked.dtype)
     losses['feat'] = cfg.distillation_beta * (stacked * selection).sum()
     stages = torch.tensor([stage_index(name) for name in names], device=device)
-    losses['feat_stage'] = stages[chosen]
+    losses['feat_stage'] = stages.index_select(0, chosen.view(1))[0]  # a 0-d index would sync
     return losses

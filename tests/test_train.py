@@ -226,9 +226,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, teacher_checkp
             loss = loss + terms['kl']
         return loss, terms
     monkeypatch.setitem(train.train_one_epoch.__globals__, 'compute_losses', poisoned)
+    real_step, steps = torch.amp.GradScaler.step, []
+
+    def counted_step(self, optimizer, *a, **k):
+        steps.append(1)
+        return real_step(self, optimizer, *a, **k)
+    monkeypatch.setattr(torch.amp.GradScaler, 'step', counted_step)
     with pytest.raises(SystemExit) as exit_info:
         run_main(argv + ['nepochs=3'] + ['--resume', 'auto'])
     assert exit_info.value.code == 1
+    assert len(steps) == 1  # the poisoned step computed gradients but never applied them
     assert open(last, 'rb').read() == before
     log = open(os.path.join(log_dir, 'student', 'train.log')).read()
     assert 'non-finite loss at epoch 2, iteration 1' in log and 'kl=nan' in log
