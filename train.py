@@ -24,7 +24,8 @@ from dataloader.transforms import EvalTransform
 from engine import distributed as du
 from engine.amp import AMP_DTYPES, resolve_amp
 from engine.checkpoint import (CHECKPOINT_FORMAT, all_rng_states, atomic_copy, atomic_save,
-                               find_resume_checkpoint, read_checkpoint, set_rng_state)
+                               find_resume_checkpoint, read_checkpoint, resumable_rng_state,
+                               set_rng_state)
 from engine.evaluator import evaluate
 from engine.logger import RunLogger
 from engine.optim import build_optimizer, build_scheduler
@@ -220,13 +221,15 @@ def main(args, parser):
         if resume['scaler']:  # empty when the run did not use fp16
             scaler.load_state_dict(resume['scaler'])
         start_epoch, best_miou = resume['epoch'] + 1, resume['best_miou']
-        rng = resume['rng']
-        if len(rng) == dist_info.world_size:
-            set_rng_state(rng[dist_info.rank])
+        rng = resumable_rng_state(resume['rng'], dist_info.rank, dist_info.world_size, device)
+        if rng is not None:
+            set_rng_state(rng, device)
         else:
             seed_everything(cfg.seed + dist_info.rank + 1000 * start_epoch)
-            logger.info(f'the checkpoint comes from {len(rng)} process(es), this run has '
-                        f'{dist_info.world_size}: training randomness is reseeded, not continued')
+            saved_on = 'GPU' if 'cuda' in resume['rng'][0] else 'CPU'
+            logger.info(f"the checkpoint comes from {len(resume['rng'])} {saved_on} process(es), this "
+                        f'run has {dist_info.world_size} on {device.type}: training randomness is '
+                        f'reseeded, not continued')
         logger.info(f'resumed from {resume_path} (epoch {resume["epoch"]}, best mIoU {best_miou:.4f})')
     else:
         # Training randomness (dropout, drop-path, masks) differs between ranks.
@@ -276,7 +279,7 @@ def main(args, parser):
         iteration = epoch * cfg.niters_per_epoch
         improved = record.get('miou', -1.0) > best_miou
         best_miou = max(best_miou, record.get('miou', best_miou))
-        rng_states = all_rng_states()
+        rng_states = all_rng_states(device)
         if dist_info.is_main:
             targets = ['last.pth'] + (['best.pth'] if improved else [])
             if epoch >= cfg.checkpoint_start_epoch and epoch % cfg.checkpoint_step == 0:

@@ -3,17 +3,20 @@ and multi-process training under torchrun."""
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
 import train
 from config import REPO_ROOT, load_config
 from dataloader.synthetic import make_synthetic_dataset
-from engine.checkpoint import atomic_save, find_resume_checkpoint, read_checkpoint
+from engine.checkpoint import (atomic_save, find_resume_checkpoint, read_checkpoint, resumable_rng_state,
+                               rng_state, set_rng_state)
 from engine.optim import build_optimizer, build_scheduler
 from models.builder import build_model
 from models.checkpoints import to_official_state_dict
@@ -339,3 +342,32 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error(dataset, tmp_path):
                            '--opts', *tiny_opts(dataset, str(tmp_path / 'run'))],
                           cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and 'CUDA is not available' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_rng_state_round_trip_and_no_cuda_on_cpu_runs(monkeypatch):
+    def no_cuda(*args, **kwargs):
+        raise AssertionError('a CPU run must not touch the CUDA generator')
+    # On a GPU host a CPU run must leave CUDA alone (asking for its state creates a context).
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', no_cuda)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', no_cuda)
+    cpu = torch.device('cpu')
+    state = rng_state(cpu)
+    assert 'cuda' not in state
+
+    def draws():
+        return random.random(), np.random.rand(), torch.rand(3).tolist()
+    first = draws()
+    set_rng_state(state, cpu)
+    assert draws() == first
+
+
+def test_resumed_randomness_continues_only_where_it_can():
+    cpu_states = [{'torch': 0}, {'torch': 1}]
+    gpu_states = [{'torch': 0, 'cuda': 0}, {'torch': 1, 'cuda': 1}]
+    cpu, gpu = torch.device('cpu'), torch.device('cuda', 1)
+    assert resumable_rng_state(cpu_states, 1, 2, cpu) is cpu_states[1]
+    assert resumable_rng_state(gpu_states, 1, 2, gpu) is gpu_states[1]
+    assert resumable_rng_state(gpu_states, 0, 2, cpu) is gpu_states[0]
+    assert resumable_rng_state(cpu_states, 1, 2, gpu) is None  # no CUDA generator was saved
+    assert resumable_rng_state(cpu_states, 0, 1, cpu) is None  # another number of processes
