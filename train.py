@@ -28,7 +28,7 @@ from engine.checkpoint import (CHECKPOINT_FORMAT, all_rng_states, atomic_copy, a
                                set_rng_state)
 from engine.evaluator import evaluate
 from engine.logger import RunLogger
-from engine.optim import build_optimizer, build_scheduler
+from engine.optim import build_optimizer, build_scheduler, load_optimizer_state
 from engine.trainer import NonFiniteLossError, train_one_epoch
 from models.builder import build_model
 from models.checkpoints import CheckpointError, load_checkpoint, load_imagenet_encoder
@@ -216,7 +216,7 @@ def main(args, parser):
 
     start_epoch, best_miou = 1, 0.0
     if resume:
-        optimizer.load_state_dict(resume['optimizer'])
+        load_optimizer_state(optimizer, resume['optimizer'])
         scheduler.load_state_dict(resume['scheduler'])
         if resume['scaler']:  # empty when the run did not use fp16
             scaler.load_state_dict(resume['scaler'])

@@ -36,3 +36,18 @@ def build_scheduler(optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = cfg.warm_up_epoch * cfg.niters_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: warmup_poly_factor(it, total, warmup, cfg.lr_power))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """optimizer.load_state_dict, with every per-parameter state tensor (Adam's moments) given its
+    parameter's memory layout. load_state_dict keeps the saved strides, so resuming with another
+    channels_last setting would hand fused AdamW moments in one layout and weights in the other:
+    an error on CUDA, silently wrong updates on the CPU."""
+    optimizer.load_state_dict(state_dict)
+    for group in optimizer.param_groups:
+        for param in group['params']:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (torch.is_tensor(value) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -1,5 +1,6 @@
 """The training engine: schedule, parameter groups, checkpoints, resume, logging, the official flags,
 and multi-process training under torchrun."""
+import copy
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from config import REPO_ROOT, load_config
 from dataloader.synthetic import make_synthetic_dataset
 from engine.checkpoint import (atomic_save, find_resume_checkpoint, read_checkpoint, resumable_rng_state,
                                rng_state, set_rng_state)
-from engine.optim import build_optimizer, build_scheduler
+from engine.optim import build_optimizer, build_scheduler, load_optimizer_state
 from models.builder import build_model
 from models.checkpoints import to_official_state_dict
 from helpers import DEMO_CONFIG, free_port, read_metrics, read_scalars, tiny_opts
@@ -371,3 +372,33 @@ def test_resumed_randomness_continues_only_where_it_can():
     assert resumable_rng_state(gpu_states, 0, 2, cpu) is gpu_states[0]
     assert resumable_rng_state(cpu_states, 1, 2, gpu) is None  # no CUDA generator was saved
     assert resumable_rng_state(cpu_states, 0, 1, cpu) is None  # another number of processes
+
+
+@pytest.mark.parametrize('fused', [False, True])
+def test_resume_in_another_memory_layout_continues_adamw_exactly(fused):
+    """A run saved in the standard layout and resumed with channels_last must take the step the
+    uninterrupted run takes (fused AdamW assumes weights and moments share one layout)."""
+    torch.manual_seed(0)
+    inputs = torch.randn(2, 3, 16, 16)
+
+    def step(model, optimizer, x):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+
+    reference = torch.nn.Conv2d(3, 8, 7)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=0.1, fused=fused)
+    step(reference, optimizer, inputs)
+    saved_model = {k: v.clone() for k, v in reference.state_dict().items()}
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    step(reference, optimizer, inputs)
+
+    resumed = torch.nn.Conv2d(3, 8, 7)
+    resumed.load_state_dict(saved_model)
+    resumed.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(resumed.parameters(), lr=0.1, fused=fused)
+    load_optimizer_state(optimizer, saved_optimizer)
+    step(resumed, optimizer, inputs.contiguous(memory_format=torch.channels_last))
+    assert resumed.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(resumed.weight, reference.weight, atol=1e-6, rtol=0)
+    assert torch.allclose(resumed.bias, reference.bias, atol=1e-6, rtol=0)
