@@ -17,25 +17,30 @@ the median (and min / max) of --steps steps after --warmup untimed ones. --eval 
 evaluator's forward pass (engine.evaluator.predict_probabilities on one image of --size, the
 config's eval_mode, scale 1, no flip) under the variant's precision.
 
-Variants are a precision, optionally with `+channels_last` (config key channels_last), `+compile`
-(train.py --compile) and `+no_cudnn_benchmark` (torch.backends.cudnn.benchmark off; every other
-variant follows the config key cudnn_benchmark, on by default as in train.py and the official
-code; CUDA only): `fp32`
+Variants are a precision, optionally with `+channels_last` (config key channels_last) and
+`+compile` (train.py --compile): `fp32`
 (eager float32, the official numerical path), `bf16` (autocast bfloat16, train.py's default on
 GPUs), `fp16` (autocast float16 with a gradient scaler, CUDA only). A variant the device cannot
 run, or one whose compilation fails, is reported as an error in its row; the others still run.
+Every variant follows the config key cudnn_benchmark (cuDNN autotuning, on by default as in
+train.py). Its effect takes two runs (`--opts cudnn_benchmark=False`), not two variants: torch
+caches cuDNN's chosen algorithms per input shape and layout, not per setting, so a second variant
+in the same process would reuse the first one's choices.
 
 FLOPs. One step counts 3 x the student's forward FLOPs (forward + backward) + 1 x the teacher's
 forward FLOPs, counted once by utils.flops on the variant-independent float32 models; FLOPs are
 2 x multiply-adds of convolutions and matrix products (attention included). MFU = achieved TFLOP/s /
 the device's dense peak for the variant's precision: bf16/fp16 tensor-core peak, and for fp32 the
-TF32 tensor-core peak (cuDNN runs float32 convolutions in TF32 by default). Known GPUs are in
-GPU_PEAK_TFLOPS; --peak-tflops overrides (needed on CPUs, where MFU is otherwise n/a).
+TF32 tensor-core peak. That is the fastest float32 work can go (cuDNN runs float32 convolutions in
+TF32 by default); the matrix products, most of MiT's work, stay in full float32 as torch's default
+and the official code have it, so fp32 MFU reads low. Known GPUs are in GPU_PEAK_TFLOPS;
+--peak-tflops overrides (needed on CPUs, where MFU is otherwise n/a).
 
-Memory. CUDA: torch.cuda.max_memory_allocated during the variant (models, gradients, optimizer
-state, activations); for evaluation, what the forward pass adds to the trained model's memory. CPU
-(Linux): the rise of the process's peak resident set size (the kernel's high-water mark, reset
-before each measurement); elsewhere n/a.
+Memory. CUDA: torch.cuda.max_memory_allocated during the timed steps of the variant (models,
+gradients, optimizer state, activations; the peak is reset after warm-up, so cuDNN's autotuning
+workspaces and compilation do not count); for evaluation, what the forward pass adds to the trained
+model's memory. CPU (Linux): the rise of the process's peak resident set size over the same span
+(the kernel's high-water mark, reset after warm-up); elsewhere n/a.
 
 --loader times the input pipeline on its own: RGBXDataset reading and TrainTransform, per image in
 the main process, and through train.py's loader with 0 and the config's num_workers workers, so a
@@ -77,9 +82,9 @@ from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_fl
 from utils.modules import unwrap_model  # noqa: E402
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-OPTIONS = ('channels_last', 'compile', 'no_cudnn_benchmark')
+OPTIONS = ('channels_last', 'compile')
 DEFAULT_VARIANTS = {
-    'cuda': ['fp32', 'bf16', 'bf16+no_cudnn_benchmark', 'bf16+channels_last', 'bf16+compile'],
+    'cuda': ['fp32', 'bf16', 'bf16+channels_last', 'bf16+compile'],
     'cpu': ['fp32', 'bf16', 'bf16+channels_last'],
 }
 
@@ -102,7 +107,6 @@ class Variant(NamedTuple):
     precision: str
     channels_last: bool
     compile: bool
-    no_cudnn_benchmark: bool
 
     @property
     def amp_dtype(self):
@@ -128,7 +132,7 @@ def get_args_parser():
     parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
                         help="input height and width (default: the config's image size)")
     parser.add_argument('--variants', nargs='+', metavar='VARIANT',
-                        help='PRECISION[+channels_last][+compile][+no_cudnn_benchmark], PRECISION '
+                        help='PRECISION[+channels_last][+compile], PRECISION '
                              'fp32 | bf16 | fp16 (default: '
                              f"{' '.join(DEFAULT_VARIANTS['cuda'])} on CUDA, "
                              f"{' '.join(DEFAULT_VARIANTS['cpu'])} on CPU)")
@@ -180,8 +184,6 @@ def check_args(args, parser, cfg):
 
 def unsupported(variant: Variant, device: torch.device) -> Optional[str]:
     """Why `device` cannot run `variant`, or None."""
-    if device.type == 'cpu' and variant.no_cudnn_benchmark:
-        return 'no_cudnn_benchmark (cuDNN autotuning of convolutions off) needs CUDA'
     if device.type == 'cpu' and variant.precision == 'fp16':
         return 'fp16 autocast with a gradient scaler needs a GPU; use bf16 or fp32 on the CPU'
     if device.type == 'cuda' and variant.precision == 'bf16' and not native_bf16(device):
@@ -224,8 +226,9 @@ class TimedBatches:
 
 class PeakMemory:
     """Peak memory a block of work adds: CUDA's allocator peak, or on Linux the rise of the peak
-    resident set size (VmHWM, reset through /proc/self/clear_refs). `megabytes` is None where
-    neither is available."""
+    resident set size (VmHWM, reset through /proc/self/clear_refs), over the start of the block.
+    restart_peak() forgets the peak so far (warm-up), not what is still held. `megabytes` is None
+    where neither is available."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -240,22 +243,30 @@ class PeakMemory:
                     return int(line.split()[1])
         raise OSError(f'{field} not in /proc/self/status')
 
-    def __enter__(self):
+    def restart_peak(self) -> bool:
+        """Sets the peak to what is held now; False where the peak cannot be read."""
         gc.collect()
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-            return self
+            return True
         try:
-            # Freed heap goes back to the system, so earlier variants do not lend this one memory.
+            # Freed heap goes back to the system, so earlier work does not lend this block memory.
             ctypes.CDLL('libc.so.6').malloc_trim(0)
             with open('/proc/self/clear_refs', 'w') as f:
                 f.write('5')  # resets VmHWM to the current RSS
-            self.start = self._status_kib('VmRSS')
+            return True
         except OSError:
+            return False
+
+    def __enter__(self):
+        if not self.restart_peak():
             self.start = None
+        elif self.device.type == 'cuda':
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = self._status_kib('VmRSS')
         return self
 
     def __exit__(self, *exc):
@@ -322,7 +333,7 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
     cfg = type(cfg)(dict(cfg), channels_last=variant.channels_last, compile=variant.compile)
     amp_dtype = variant.amp_dtype
     result = {'variant': variant.name}
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not variant.no_cudnn_benchmark
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     with PeakMemory(device) as memory:
         model, teacher = build_models(cfg, args.mode, device)
         if variant.channels_last:
@@ -335,6 +346,7 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
             logger = RunLogger(run_dir, enabled=True)  # the per-step TensorBoard scalars, as in training
             try:
                 for steps in (args.warmup, args.steps):
+                    memory.restart_peak()  # the timed steps' peak, after autotuning and compilation
                     timed = TimedBatches(batch, steps, device)
                     train_one_epoch(train_model, teacher, timed, optimizer, scheduler, scaler, cfg, 1,
                                     device, amp_dtype, logger, args.mode)
@@ -350,6 +362,8 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
         seconds = []
         with PeakMemory(device) as memory, torch.inference_mode(), autocast(device, amp_dtype):
             for i in range(args.warmup + args.steps):
+                if i == args.warmup:
+                    memory.restart_peak()
                 synchronize(device)
                 start = time.perf_counter()
                 predict_eval(network, cfg, args.mode, rgb.to(device, non_blocking=True),
