@@ -23,6 +23,10 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         raise ConfigError(f"config key 'amp': expected one of {sorted(AMP_DTYPES) + ['auto']}, got {amp!r}")
     if amp == 'fp16' and device.type != 'cuda':
         raise ConfigError("config key 'amp': fp16 (with a gradient scaler) needs a GPU; use bf16 or none")
+    if amp == 'bf16' and device.type == 'cuda' and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"config key 'amp': {torch.cuda.get_device_name(device)} (compute capability "
+                          f"{major}.{minor}) only emulates bf16, slower than float32; use fp16 or none")
     return amp
 
 
