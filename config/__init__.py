@@ -72,6 +72,7 @@ CHECKS = {
     'lambda_mask': (_unit, 'a number in [0, 1]'),
     'eval_stride_rate': (lambda v: 0 < v <= 1, 'a number in (0, 1]'),
     'eval_step': (_positive, 'a positive integer'),
+    'eval_max_batch': (_positive, 'a positive integer'),
     'checkpoint_step': (_positive, 'a positive integer'),
     'checkpoint_start_epoch': (_non_negative, 'an integer >= 0'),
     'background': (lambda v: 0 <= v <= 255, 'an integer in [0, 255]'),

@@ -105,6 +105,9 @@ def base_config() -> EasyDict:
     C.eval_scale_array = [1.0]       # multi-scale setting: [0.75, 1, 1.25] with eval_flip
     C.eval_flip = False
     C.eval_crop_size = [480, 640]    # [height, width]
+    # Most windows (of all scales' flips) run through the network at once: bounds the memory of
+    # multi-scale + flip evaluation (SUN-RGBD at scale 1.75 with flip has 18 windows per image).
+    C.eval_max_batch = 8
 
     # Checkpoints and logs
     # Besides last.pth and best.pth, keep epoch-N.pth every checkpoint_step epochs from

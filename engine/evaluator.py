@@ -7,8 +7,9 @@ Inference of one image (as the official evaluator, with its deviations listed):
   run once, zero-padded (after normalisation) to at least the crop size with the padding split
   evenly (the odd pixel at the bottom / right), and the padding is cut off the logits. Otherwise
   windows of the crop size start every ceil(crop * stride_rate) pixels along each axis, the last
-  one moved back to end at the border (ceil((size - crop) / stride) + 1 windows per axis); all
-  windows of an image go through the network as one batch, and each pixel gets the mean of the
+  one moved back to end at the border (ceil((size - crop) / stride) + 1 windows per axis); the
+  windows of an image go through the network in batches of at most `max_batch` (config key
+  eval_max_batch, which bounds the memory of multi-scale + flip), and each pixel gets the mean of the
   logits of the windows covering it. The official code sums exp(logits) without dividing by the
   count, and swaps the height and width of crop and stride when placing windows (harmless only for
   square crops); neither is reproduced.
@@ -24,6 +25,7 @@ counted once, and the confusion matrices are summed with one all-reduce at the e
 import math
 import os
 import time
+from typing import Optional
 
 import cv2
 import torch
@@ -40,10 +42,16 @@ from utils.visualize import colorize, denormalize, hstack_panels, to_label_png
 from .amp import AMP_DTYPES, autocast, resolve_amp
 from .distributed import DistInfo, all_reduce_sum
 
-def run_network(model, rgb: torch.Tensor, extra) -> torch.Tensor:
-    """Float32 logits of a batch; `extra` is None for the RGB-only teacher."""
-    out = model(rgb) if extra is None else model(rgb, extra)
-    return out.logits.float()
+def run_network(model, rgb: torch.Tensor, extra, max_batch: Optional[int] = None) -> torch.Tensor:
+    """Float32 logits of a batch, run `max_batch` images at a time (all at once for None); `extra`
+    is None for the RGB-only teacher. In eval mode the split does not change the result."""
+    step = max_batch or rgb.shape[0]
+    logits = []
+    for start in range(0, rgb.shape[0], step):
+        chunk = slice(start, start + step)
+        out = model(rgb[chunk]) if extra is None else model(rgb[chunk], extra[chunk])
+        logits.append(out.logits.float())
+    return torch.cat(logits) if len(logits) > 1 else logits[0]
 
 
 def window_starts(size: int, crop: int, stride: int) -> list:
@@ -61,14 +69,15 @@ def _pad_to(image: torch.Tensor, height: int, width: int):
     return F.pad(image, (left, pad_w - left, top, pad_h - top)), (top, left)
 
 
-def sliding_window_logits(model, rgb: torch.Tensor, extra, crop_size, stride_rate: float):
+def sliding_window_logits(model, rgb: torch.Tensor, extra, crop_size, stride_rate: float,
+                          max_batch: Optional[int] = None):
     """(N, K, H, W) logits of (N, 3, H, W) inputs stitched from crop-size windows (see module doc)."""
     height, width = rgb.shape[-2:]
     crop_h, crop_w = crop_size
     if height <= crop_h or width <= crop_w:
         padded_rgb, (top, left) = _pad_to(rgb, crop_h, crop_w)
         padded_extra = None if extra is None else _pad_to(extra, crop_h, crop_w)[0]
-        logits = run_network(model, padded_rgb, padded_extra)
+        logits = run_network(model, padded_rgb, padded_extra, max_batch)
         return logits[..., top:top + height, left:left + width]
 
     windows = [(y, x)
@@ -78,7 +87,7 @@ def sliding_window_logits(model, rgb: torch.Tensor, extra, crop_size, stride_rat
     def cut(image):
         return torch.cat([image[..., y:y + crop_h, x:x + crop_w] for y, x in windows])
 
-    logits = run_network(model, cut(rgb), None if extra is None else cut(extra))
+    logits = run_network(model, cut(rgb), None if extra is None else cut(extra), max_batch)
     batch = rgb.shape[0]
     summed = logits.new_zeros(batch, logits.shape[1], height, width)
     count = logits.new_zeros(1, 1, height, width)
@@ -89,7 +98,7 @@ def sliding_window_logits(model, rgb: torch.Tensor, extra, crop_size, stride_rat
 
 
 def predict_probabilities(model, rgb: torch.Tensor, extra, *, mode: str, scales, flip: bool,
-                          crop_size, stride_rate: float) -> torch.Tensor:
+                          crop_size, stride_rate: float, max_batch: Optional[int] = None) -> torch.Tensor:
     """(N, K, H, W) softmax probabilities averaged over scales and flips (see module doc)."""
     if mode not in ('sliding', 'whole'):
         raise ValueError(f"evaluation mode must be 'sliding' or 'whole', got {mode!r}")
@@ -108,9 +117,10 @@ def predict_probabilities(model, rgb: torch.Tensor, extra, *, mode: str, scales,
         size = (round(height * scale), round(width * scale))
         scaled_rgb, scaled_extra = prepare(rgb, size), prepare(extra, size)
         if mode == 'sliding':
-            logits = sliding_window_logits(model, scaled_rgb, scaled_extra, crop_size, stride_rate)
+            logits = sliding_window_logits(model, scaled_rgb, scaled_extra, crop_size, stride_rate,
+                                           max_batch)
         else:
-            logits = run_network(model, scaled_rgb, scaled_extra)
+            logits = run_network(model, scaled_rgb, scaled_extra, max_batch)
         if flip:
             logits = torch.cat([logits[:batch], logits[batch:].flip(-1)])
         probabilities = logits.softmax(dim=1)
@@ -177,7 +187,8 @@ def evaluate(model, cfg, dist_info: DistInfo, role: str, *, mode=None, scales=No
                 label = item['label'].to(device, non_blocking=True)
                 probabilities = predict_probabilities(
                     network, rgb, extra, mode=mode, scales=scales, flip=flip,
-                    crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate)
+                    crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate,
+                    max_batch=cfg.eval_max_batch)
                 pred = probabilities.argmax(dim=1)
                 hist += confusion_matrix(pred, label, cfg.num_classes, cfg.background)
                 if save_path is not None:

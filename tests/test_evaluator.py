@@ -190,12 +190,38 @@ def test_multiscale_sliding_uses_windows_at_the_scaled_size():
     assert logits[0, 1].max().item() == 3.0
 
 
+
+class BatchSizes(nn.Module):
+    """Records the batch size of every forward pass of the model it wraps."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, rgb, extra=None):
+        self.sizes.append(rgb.shape[0])
+        return self.model(rgb, extra)
+
+
+@pytest.mark.parametrize('max_batch', [1, 3])
+def test_windows_in_smaller_batches_give_the_same_probabilities(max_batch):
+    x, extra = image(9, 11, seed=5, batch=2), image(9, 11, seed=6, batch=2)
+    options = dict(mode='sliding', scales=[0.75, 1.0, 1.5], flip=True, crop_size=(6, 8), stride_rate=2 / 3)
+    whole, split = BatchSizes(Shifting()), BatchSizes(Shifting())
+    with torch.no_grad():
+        expected = predict_probabilities(whole, x, extra, **options)
+        actual = predict_probabilities(split, x, extra, max_batch=max_batch, **options)
+    assert max(whole.sizes) > max_batch and max(split.sizes) == max_batch
+    assert sum(split.sizes) == sum(whole.sizes)
+    assert torch.allclose(actual, expected, atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------- evaluate() on an in-memory set
 
 def tiny_cfg(**changes):
     cfg = EasyDict(num_classes=NUM_CLASSES, class_names=[f'c{i}' for i in range(NUM_CLASSES)],
                    background=255, eval_mode='sliding', eval_scale_array=[1.0], eval_flip=False,
-                   eval_crop_size=[6, 8], eval_stride_rate=2 / 3, num_workers=0,
+                   eval_crop_size=[6, 8], eval_stride_rate=2 / 3, eval_max_batch=8, num_workers=0,
                    norm_mean=[0.485, 0.456, 0.406], norm_std=[0.229, 0.224, 0.225],
                    channel_order='bgr')
     cfg.update(changes)

@@ -316,7 +316,8 @@ def count_step_flops(cfg, mode, device, batch):
 def predict_eval(network, cfg, mode, rgb, extra):
     return predict_probabilities(network, rgb, extra if mode == 'student' else None,
                                  mode=cfg.eval_mode, scales=[1.0], flip=False,
-                                 crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate)
+                                 crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate,
+                                 max_batch=cfg.eval_max_batch)
 
 
 def timing_figures(seconds, images, flops, peak_tflops):
