@@ -287,7 +287,8 @@ def run_tool(*args):
 def test_tool_converts_a_folder(depth_folders, tmp_path):
     depth_dir, _ = depth_folders
     out_dir = tmp_path / 'hha'
-    run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--workers', 2)
+    run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--workers', 2,
+             '--format', 'png')
     assert sorted(os.listdir(out_dir)) == ['nyu.png', 'room.png']
     for name in ('nyu.png', 'room.png'):
         depth_m = read_png(str(depth_dir / name)) / NYU_DEPTH_SCALE
@@ -296,12 +297,23 @@ def test_tool_converts_a_folder(depth_folders, tmp_path):
     assert agreement(nyu_hha, nyu_frame()[2])['angle'][0] >= 0.97
 
 
+def test_tool_writes_the_official_jpg_layout_by_default(depth_folders, tmp_path):
+    depth_dir, _ = depth_folders
+    out_dir = tmp_path / 'hha'
+    run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--workers', 1)
+    assert sorted(os.listdir(out_dir)) == ['nyu.jpg', 'room.jpg']
+    assert (out_dir / 'nyu.jpg').read_bytes()[:3] == b'\xff\xd8\xff'  # a JPEG stream
+    depth_m = read_png(str(depth_dir / 'nyu.png')) / NYU_DEPTH_SCALE
+    error = np.abs(hha_from_file(out_dir / 'nyu.jpg').astype(int) - depth_to_hha(depth_m, None, NYU_CAMERA))
+    assert error.mean() < 1.5  # JPEG quality 95
+
+
 def test_tool_raw_dir_and_camera_flags(depth_folders, tmp_path):
     depth_dir, raw_dir = depth_folders
     out_dir = tmp_path / 'hha'
     camera = np.array([[500.0, 0.0, 320.0], [0.0, 510.0, 240.0], [0.0, 0.0, 1.0]])
     run_tool('--depth-dir', depth_dir, '--raw-dir', raw_dir, '--out-dir', out_dir,
-             '--depth-scale', 10000, '--workers', 1,
+             '--depth-scale', 10000, '--workers', 1, '--format', 'png',
              '--fx', 500, '--fy', 510, '--cx', 320, '--cy', 240)
     for name in ('nyu.png', 'room.png'):
         depth_m = read_png(str(depth_dir / name)) / NYU_DEPTH_SCALE
@@ -315,10 +327,12 @@ def test_tool_skips_existing_outputs_unless_overwrite(depth_folders, tmp_path):
     out_dir.mkdir()
     placeholder = np.zeros((2, 2, 3), np.uint8)
     cv2.imwrite(str(out_dir / 'room.png'), placeholder)
-    run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--workers', 2)
+    run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--workers', 2,
+             '--format', 'png')
     assert (read_png(str(out_dir / 'room.png')) == placeholder).all()
     assert read_png(str(out_dir / 'nyu.png')).shape == (480, 640, 3)
-    run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--overwrite')
+    run_tool('--depth-dir', depth_dir, '--out-dir', out_dir, '--depth-scale', 10000, '--overwrite',
+             '--format', 'png')
     room_m = read_png(str(depth_dir / 'room.png')) / NYU_DEPTH_SCALE
     assert (hha_from_file(out_dir / 'room.png') == depth_to_hha(room_m, None, NYU_CAMERA)).all()
     assert not [n for n in os.listdir(out_dir) if '.tmp' in n]
@@ -356,3 +370,28 @@ def test_tool_rejects_missing_folders(tmp_path):
     write_depth_png(tmp_path / 'depth' / 'a.png', np.full((8, 8), 2.0))
     with pytest.raises(SystemExit, match='raw depth for .*a.png is missing'):
         run_tool('--depth-dir', tmp_path / 'depth', '--raw-dir', tmp_path, '--out-dir', tmp_path / 'hha')
+
+
+def test_tool_rejects_a_bad_quality(tmp_path):
+    (tmp_path / 'depth').mkdir()
+    write_depth_png(tmp_path / 'depth' / 'a.png', np.full((8, 8), 2.0))
+    with pytest.raises(SystemExit, match='--quality must be in 0..100, got 101'):
+        run_tool('--depth-dir', tmp_path / 'depth', '--out-dir', tmp_path / 'hha', '--quality', 101)
+    assert not (tmp_path / 'hha').exists()
+
+
+def test_tool_decodes_sun_rgbd_depth(tmp_path):
+    """SUN-RGBD PNGs hold millimetres rotated left by 3 bits; made here by hand from known depth."""
+    depth_dir = tmp_path / 'depth'
+    depth_dir.mkdir()
+    room_m, _, _ = render_room(gravity_for(10, 0), 140, 950)
+    millimetres = np.round(room_m * 1000).astype(np.uint32)
+    assert millimetres.max() >= 1 << 13  # some depths use the bits the rotation wraps around
+    stored = ((millimetres << 3) | (millimetres >> 13)) & 0xFFFF
+    assert cv2.imwrite(str(depth_dir / 'sun.png'), stored.astype(np.uint16))
+    camera = SMALL_CAMERA
+    run_tool('--depth-dir', depth_dir, '--out-dir', tmp_path / 'hha', '--depth-encoding', 'sun-rgbd',
+             '--format', 'png', '--fx', camera[0, 0], '--fy', camera[1, 1], '--cx', camera[0, 2],
+             '--cy', camera[1, 2], '--workers', 1)
+    expected = depth_to_hha(millimetres / 1000.0, None, camera)
+    assert (hha_from_file(tmp_path / 'hha' / 'sun.png') == expected).all()

@@ -1,8 +1,17 @@
-"""Converts a folder of 16-bit depth PNGs to HHA PNGs (file channels R = disparity, G = height,
+"""Converts a folder of 16-bit depth PNGs to HHA images (file channels R = disparity, G = height,
 B = angle, as the MATLAB program of Gupta et al. writes them).
 
     python tools/depth2hha.py --depth-dir datasets/NYUDepthv2/Depth --out-dir datasets/NYUDepthv2/HHA \\
         --depth-scale 10000
+
+Outputs are NAME.jpg by default (JPEG quality --quality), the official dataset layout that the
+configs expect (x_format = '.jpg'); --format png writes lossless NAME.png instead, for a dataset
+whose config sets x_format = '.png'.
+
+SUN-RGBD stores depth in millimetres with its 16 bits rotated left by 3 (its toolbox reads them
+back as (v >> 3) | (v << 13)): pass --depth-encoding sun-rgbd (millimetres are the default scale),
+and run the tool once per camera with that camera's intrinsics (each SUN-RGBD image comes with
+its own intrinsics file).
 
 Depth values are PNG value / --depth-scale metres (default 1000: millimetres; the shared NYU
 fixture frame uses 10000). With --raw-dir, pixels whose raw depth (same file name) is 0 are left
@@ -15,6 +24,7 @@ import functools
 import multiprocessing
 import os
 import sys
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -35,13 +45,19 @@ class ConversionError(ValueError):
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        description='Depth PNGs -> HHA PNGs; the camera defaults to the NYU Depth V2 colour camera',
+        description='Depth PNGs -> HHA images; the camera defaults to the NYU Depth V2 colour camera',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--depth-dir', required=True, help='folder of 16-bit depth PNGs')
-    parser.add_argument('--out-dir', required=True, help='folder for the HHA PNGs (same names)')
+    parser.add_argument('--out-dir', required=True, help='folder for the HHA images (same names)')
+    parser.add_argument('--format', choices=('jpg', 'png'), default='jpg',
+                        help="jpg: the official layout (configs' x_format '.jpg'); png: lossless")
+    parser.add_argument('--quality', type=int, default=95, help='JPEG quality (0..100)')
     parser.add_argument('--raw-dir', default=None,
                         help='optional folder of raw 16-bit depth PNGs with the same names; '
                              'their zeros mark pixels left out of the normal estimation')
+    parser.add_argument('--depth-encoding', choices=('plain', 'sun-rgbd'), default='plain',
+                        help='plain: PNG value = depth x depth-scale; sun-rgbd: the value rotated '
+                             'left by 3 bits, as SUN-RGBD stores it')
     parser.add_argument('--depth-scale', type=float, default=1000.0,
                         help='PNG value / depth-scale = metres (1000: millimetres; '
                              '10000 for the NYU reference frame the tests use)')
@@ -67,14 +83,23 @@ def check_png_header(path):
                               f'{bit_depth} and PNG colour type {colour_type}')
 
 
-def read_depth_png(path):
+def read_depth_png(path, encoding='plain'):
     depth = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if depth is None:
         raise ConversionError(f'{path}: cannot be read as an image (corrupt PNG?)')
     if depth.dtype != np.uint16 or depth.ndim != 2:
         raise ConversionError(f'{path}: expected a 16-bit single-channel depth PNG, got '
                               f'{depth.dtype} with shape {depth.shape}')
+    if encoding == 'sun-rgbd':
+        depth = (depth >> 3) | (depth << 13)  # uint16: the bits shifted out on the left are dropped
     return depth
+
+
+class Settings(NamedTuple):
+    depth_encoding: str
+    depth_scale: float
+    camera: np.ndarray
+    quality: int
 
 
 def plan_jobs(args):
@@ -88,6 +113,8 @@ def plan_jobs(args):
             raise ConversionError(f'--{flag.replace("_", "-")} must be positive, got {getattr(args, flag)}')
     if args.workers < 1:
         raise ConversionError(f'--workers must be at least 1, got {args.workers}')
+    if not 0 <= args.quality <= 100:
+        raise ConversionError(f'--quality must be in 0..100, got {args.quality}')
     inputs = {os.path.realpath(args.depth_dir), os.path.realpath(args.raw_dir or args.depth_dir)}
     if os.path.realpath(args.out_dir) in inputs:
         raise ConversionError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
@@ -99,7 +126,7 @@ def plan_jobs(args):
     for name in names:
         depth_path = os.path.join(args.depth_dir, name)
         raw_path = os.path.join(args.raw_dir, name) if args.raw_dir else None
-        out_path = os.path.join(args.out_dir, os.path.splitext(name)[0] + '.png')
+        out_path = os.path.join(args.out_dir, os.path.splitext(name)[0] + '.' + args.format)
         check_png_header(depth_path)
         if raw_path is not None:
             if not os.path.isfile(raw_path):
@@ -112,27 +139,29 @@ def plan_jobs(args):
     return jobs, skipped
 
 
-def convert(job, depth_scale, camera):
+def convert(job, settings: Settings):
     depth_path, raw_path, out_path = job
-    depth = read_depth_png(depth_path)
+    depth = read_depth_png(depth_path, settings.depth_encoding)
     missing = None
     if raw_path is not None:
-        raw = read_depth_png(raw_path)
+        raw = read_depth_png(raw_path, settings.depth_encoding)
         if raw.shape != depth.shape:
             raise ConversionError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
         missing = raw == 0
-    hha = depth_to_hha(depth / depth_scale, missing, camera)
-    ok, png = cv2.imencode('.png', np.ascontiguousarray(hha[..., ::-1]))
+    hha = depth_to_hha(depth / settings.depth_scale, missing, settings.camera)
+    extension = os.path.splitext(out_path)[1]
+    ok, encoded = cv2.imencode(extension, np.ascontiguousarray(hha[..., ::-1]),
+                               (cv2.IMWRITE_JPEG_QUALITY, settings.quality) if extension == '.jpg' else ())
     if not ok:
-        raise ConversionError(f'{out_path}: PNG encoding failed')
-    # An interrupted run never leaves a truncated PNG.
-    atomic_write(out_path, png.tobytes(), durable=False)
+        raise ConversionError(f'{out_path}: {extension} encoding failed')
+    # An interrupted run never leaves a truncated file.
+    atomic_write(out_path, encoded.tobytes(), durable=False)
 
 
-def _convert_in_worker(job, depth_scale, camera):
+def _convert_in_worker(job, settings: Settings):
     # Errors come back as messages naming the file, so one bad file does not stop the others.
     try:
-        convert(job, depth_scale, camera)
+        convert(job, settings)
         return None
     except ConversionError as error:
         return str(error)
@@ -151,6 +180,7 @@ def main(argv=None):
     except ConversionError as error:
         sys.exit(f'error: {error}')
     camera = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
+    settings = Settings(args.depth_encoding, args.depth_scale, camera, args.quality)
     os.makedirs(args.out_dir, exist_ok=True)
     print(f'{len(jobs)} to convert, {skipped} existing skipped (--overwrite to redo them)')
 
@@ -159,12 +189,12 @@ def main(argv=None):
     workers = min(args.workers, len(jobs))
     progress = tqdm(total=len(jobs), desc='HHA', unit='img')
     if workers <= 1:
-        results = (_convert_in_worker(job, args.depth_scale, camera) for job in jobs)
+        results = (_convert_in_worker(job, settings) for job in jobs)
         errors = _collect(results, progress)
     else:
         with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
             results = pool.imap_unordered(
-                functools.partial(_convert_in_worker, depth_scale=args.depth_scale, camera=camera), jobs)
+                functools.partial(_convert_in_worker, settings=settings), jobs)
             errors = _collect(results, progress)
     progress.close()
     if errors:
