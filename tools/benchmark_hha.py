@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # run as `python tools/benchmark_hha.py`
 from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 FIXTURE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'fixtures', 'nyu_hha')
 
@@ -37,8 +38,9 @@ def get_args_parser():
                         help='PNG value / depth-scale = metres (the NYU fixture: 10000)')
     parser.add_argument('--runs', type=int, default=30, help='timed runs')
     parser.add_argument('--warmup', type=int, default=3, help='untimed runs first')
-    parser.add_argument('--json', default=os.path.join(REPO_ROOT, 'benchmarks', 'hha_cpu.json'),
-                        help='where to write the results')
+    parser.add_argument('--json', metavar='OUT',
+                        help='also write the results to this JSON file (the committed figures: '
+                             'benchmarks/hha_cpu.json)')
     return parser
 
 
@@ -98,11 +100,10 @@ def main(argv=None):
     for name, value in rows:
         print(f'{name:<{width}}  {value}')
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-        json.dump(result, f, indent=2)
-        f.write('\n')
-    print(f'written to {args.json}')
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        atomic_write(args.json, json.dumps(result, indent=2) + '\n', durable=False)
+        print(f'written to {args.json}')
 
 
 if __name__ == '__main__':
