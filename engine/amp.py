@@ -1,5 +1,6 @@
 """Mixed precision: the one place that turns an `amp` setting into an autocast dtype."""
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 
@@ -14,6 +15,17 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def unsupported_amp(amp: str, device: torch.device) -> Optional[str]:
+    """Why `device` cannot run the autocast setting `amp` ('bf16' | 'fp16' | 'none'), or None."""
+    if amp == 'fp16' and device.type != 'cuda':
+        return 'fp16 (with a gradient scaler) needs a GPU; use bf16 or full precision'
+    if amp == 'bf16' and device.type == 'cuda' and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        return (f'{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) only '
+                f'emulates bf16, slower than float32; use fp16 or full precision')
+    return None
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
     """'auto' -> 'bf16' on GPUs with native bfloat16, else 'none'; a setting the device cannot run is
     a ConfigError naming the key."""
@@ -21,12 +33,9 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         return 'bf16' if native_bf16(device) else 'none'
     if amp not in AMP_DTYPES:
         raise ConfigError(f"config key 'amp': expected one of {sorted(AMP_DTYPES) + ['auto']}, got {amp!r}")
-    if amp == 'fp16' and device.type != 'cuda':
-        raise ConfigError("config key 'amp': fp16 (with a gradient scaler) needs a GPU; use bf16 or none")
-    if amp == 'bf16' and device.type == 'cuda' and not native_bf16(device):
-        major, minor = torch.cuda.get_device_capability(device)
-        raise ConfigError(f"config key 'amp': {torch.cuda.get_device_name(device)} (compute capability "
-                          f"{major}.{minor}) only emulates bf16, slower than float32; use fp16 or none")
+    reason = unsupported_amp(amp, device)
+    if reason is not None:
+        raise ConfigError(f"config key 'amp': {reason}")
     return amp
 
 

@@ -73,7 +73,7 @@ from engine.distributed import DistInfo  # noqa: E402
 from engine.evaluator import predict_probabilities  # noqa: E402
 from engine.logger import RunLogger  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from engine.amp import autocast, native_bf16  # noqa: E402
+from engine.amp import autocast, unsupported_amp  # noqa: E402
 from engine.trainer import train_one_epoch  # noqa: E402
 from models.builder import build_model  # noqa: E402
 from models.distill import feature_term_on, kl_term_on  # noqa: E402
@@ -183,13 +183,8 @@ def check_args(args, parser, cfg):
 
 
 def unsupported(variant: Variant, device: torch.device) -> Optional[str]:
-    """Why `device` cannot run `variant`, or None."""
-    if device.type == 'cpu' and variant.precision == 'fp16':
-        return 'fp16 autocast with a gradient scaler needs a GPU; use bf16 or fp32 on the CPU'
-    if device.type == 'cuda' and variant.precision == 'bf16' and not native_bf16(device):
-        return (f'{torch.cuda.get_device_name(device)} has no bfloat16 support (compute capability '
-                f'8.0 or newer is needed); use fp16 or fp32')
-    return None
+    """Why `device` cannot run `variant`, or None (train.py's own check of its amp setting)."""
+    return unsupported_amp('none' if variant.precision == 'fp32' else variant.precision, device)
 
 
 def synchronize(device: torch.device):
