@@ -340,13 +340,16 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
         train_model = torch.compile(model) if variant.compile else model
         with tempfile.TemporaryDirectory() as run_dir:
             logger = RunLogger(run_dir, enabled=True)  # the per-step TensorBoard scalars, as in training
+            def run_steps(steps):
+                timed = TimedBatches(batch, steps, device)
+                train_one_epoch(train_model, teacher, timed, optimizer, scheduler, scaler, cfg, 1,
+                                device, amp_dtype, logger, args.mode)
+                return timed.step_seconds()
+
             try:
-                for steps in (args.warmup, args.steps):
-                    memory.restart_peak()  # the timed steps' peak, after autotuning and compilation
-                    timed = TimedBatches(batch, steps, device)
-                    train_one_epoch(train_model, teacher, timed, optimizer, scheduler, scaler, cfg, 1,
-                                    device, amp_dtype, logger, args.mode)
-                seconds = timed.step_seconds()
+                run_steps(args.warmup)
+                memory.restart_peak()  # the timed steps' peak, after autotuning and compilation
+                seconds = run_steps(args.steps)
             finally:
                 logger.close()
     result['train'] = timing_figures(seconds, len(batch['name']), flops['train_step'], peak_tflops)
