@@ -19,7 +19,6 @@ all figures (--json, default <save_path or the checkpoint's folder>/eval_<name>.
 """
 import argparse
 import glob
-import json
 import math
 import os
 import re
@@ -34,6 +33,7 @@ from engine.amp import resolve_amp
 from engine.evaluator import evaluate
 from models.builder import build_model
 from models.checkpoints import CheckpointError, load_checkpoint
+from utils.io import check_output_file, write_json
 from utils.metrics import format_metrics_table
 
 EPOCH_FILE = re.compile(r'epoch-(\d+)\.pth')
@@ -190,9 +190,7 @@ def report(result, settings, class_names, json_path):
               'class_names': class_names,
               **{k: json_ready(result[k]) for k in ('miou', 'macc', 'pixel_acc', 'fwiou', 'iou', 'acc')},
               'hist': result['hist'].tolist()}
-    os.makedirs(os.path.dirname(json_path), exist_ok=True)
-    with open(json_path, 'w') as f:
-        json.dump(record, f, indent=1)
+    write_json(json_path, record, indent=1)
     with open(os.path.join(os.path.dirname(json_path), 'val.log'), 'a') as f:
         options = ', '.join(f'{k} {settings[k]}' for k in ('role', 'mode', 'scales', 'flip', 'amp'))
         f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {settings["checkpoint"]} ({options})\n'
@@ -243,6 +241,11 @@ def main(args, parser):
             load_checkpoint(model, path, mmap=True)
     except CheckpointError as e:
         fail(str(e))
+    for json_path, _ in outputs.values():  # last, as it creates the output folders
+        try:
+            check_output_file(json_path)
+        except OSError as e:
+            fail(f"cannot write '{json_path}': {e}")
     model.to(dist_info.device)
 
     if dist_info.is_main:

@@ -213,7 +213,7 @@ def expect_usage_error(capsys, argv, *fragments):
 
 @pytest.mark.parametrize('case', ['missing file', 'missing epoch', 'teacher as student',
                                   'other backbone', 'other class count', 'bad one of two',
-                                  'missing dataset', 'scale too small'])
+                                  'missing dataset', 'scale too small', 'unwritable json'])
 def test_bad_input_stops_before_the_first_image(case, dataset_root, checkpoints, tmp_path, capsys):
     paths, _, _, _ = checkpoints
     extra_opts, checkpoint, fragments = {}, paths['student'], []
@@ -232,11 +232,15 @@ def test_bad_input_stops_before_the_first_image(case, dataset_root, checkpoints,
         checkpoint, fragments = f'{paths["student"]},{paths["teacher"]}', ['teacher.pth']
     elif case == 'missing dataset':
         extra_opts, fragments = {'dataset_path': str(tmp_path / 'nodata')}, ['nodata', 'does not exist']
+    json_flag = []
+    if case == 'unwritable json':   # a folder inside a file
+        (tmp_path / 'file').write_text('')
+        json_flag, fragments = ['--json', str(tmp_path / 'file' / 'e.json')], ['e.json', 'cannot create its folder']
     scales = []
     if case == 'scale too small':   # the encoder's stride 32 needs 32 pixels
         scales, fragments = ['--scales', '1', '0.2'], ['--scales', 'at least 32 pixels']
     out = tmp_path / 'out'
-    err = expect_usage_error(capsys, ['--config', DEMO, '-e', checkpoint, '--save_path', str(out), *scales,
+    err = expect_usage_error(capsys, ['--config', DEMO, '-e', checkpoint, '--save_path', str(out), *scales, *json_flag,
                                       *opts(dataset_root, log_dir=str(tmp_path / 'log'),
                                             **extra_opts)], ': error: ', *fragments)
     assert len(err.strip().splitlines()) == 1

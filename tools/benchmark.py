@@ -50,7 +50,6 @@ import argparse
 import ctypes
 import datetime
 import gc
-import json
 import os
 import platform
 import statistics
@@ -77,7 +76,7 @@ from engine.amp import autocast, unsupported_amp  # noqa: E402
 from engine.trainer import train_one_epoch  # noqa: E402
 from models.builder import build_model  # noqa: E402
 from models.distill import feature_term_on, kl_term_on  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.io import check_output_file, write_json  # noqa: E402
 from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops  # noqa: E402
 from utils.modules import unwrap_model  # noqa: E402
 
@@ -166,13 +165,10 @@ def check_args(args, parser, cfg):
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         parser.error(f'--peak-tflops must be positive, got {args.peak_tflops}')
     if args.json:  # checked now, not after minutes of timing
-        folder = os.path.dirname(os.path.abspath(args.json))
         try:
-            os.makedirs(folder, exist_ok=True)
+            check_output_file(args.json)
         except OSError as e:
-            parser.error(f"--json {args.json}: cannot create its folder: {e}")
-        if os.path.isdir(args.json) or not os.access(folder, os.W_OK):
-            parser.error(f"--json {args.json}: not a writable file path")
+            parser.error(f'--json {args.json}: {e}')
     try:
         variants = [parse_variant(v) for v in args.variants or DEFAULT_VARIANTS[device.type]]
     except ValueError as e:
@@ -551,7 +547,7 @@ def main(argv=None):
         'loader': loader, 'seconds': time.perf_counter() - started,
     }
     if args.json:
-        atomic_write(args.json, json.dumps(report, indent=2) + '\n', durable=False)
+        write_json(args.json, report)
         print(f'\nwrote {args.json}')
     return report
 

@@ -12,7 +12,6 @@ for _variable in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # run as `python tools/benchmark_hha.py`
 from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.io import check_output_file, write_json  # noqa: E402
 
 FIXTURE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'fixtures', 'nyu_hha')
 
@@ -63,6 +62,11 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         sys.exit(f'error: --runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}')
+    if args.json:
+        try:
+            check_output_file(args.json)
+        except OSError as e:
+            sys.exit(f'error: --json {args.json}: {e}')
     cv2.setNumThreads(1)
     core = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {core})
@@ -101,8 +105,7 @@ def main(argv=None):
         print(f'{name:<{width}}  {value}')
 
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        atomic_write(args.json, json.dumps(result, indent=2) + '\n', durable=False)
+        write_json(args.json, result)
         print(f'written to {args.json}')
 
 

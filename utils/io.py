@@ -1,4 +1,5 @@
 """Writing files so that an interrupted process never leaves a torn one."""
+import json
 import os
 
 
@@ -28,3 +29,21 @@ def atomic_write(path: str, content, durable: bool = True) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def check_output_file(path: str) -> None:
+    """Makes sure a file can be written at `path` before the work that produces it starts: creates
+    its folder; raises OSError naming the problem if that fails, the path is a folder, or the folder
+    is not writable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OSError(f'cannot create its folder: {e}') from e
+    if os.path.isdir(path) or not os.access(folder, os.W_OK):
+        raise OSError('not a writable file path')
+
+
+def write_json(path: str, value, indent: int = 2) -> None:
+    """`value` as a JSON file, written atomically (a reader never sees half a file)."""
+    atomic_write(path, json.dumps(value, indent=indent) + '\n', durable=False)
