@@ -7,12 +7,9 @@ starts the right one. The official PrimKD command line works unchanged:
         --lambda_mask=0.75 --select="max" --mask_single="hint"
 """
 import argparse
-import glob
 import os
-import random
 import sys
 
-import numpy as np
 import torch
 from easydict import EasyDict
 from torch.nn.parallel import DistributedDataParallel
@@ -23,15 +20,14 @@ from dataloader.loader import build_train_loader
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
 from engine.amp import AMP_DTYPES, resolve_amp
-from engine.checkpoint import (CHECKPOINT_FORMAT, all_rng_states, atomic_copy, atomic_save,
-                               find_resume_checkpoint, read_checkpoint, resumable_rng_state,
-                               set_rng_state)
+from engine import run_dir as rd
+from engine.rng import all_rng_states, resumable_rng_state, seed_everything, set_rng_state
 from engine.evaluator import evaluate
 from engine.logger import RunLogger
 from engine.optim import build_optimizer, build_scheduler, load_optimizer_state
 from engine.trainer import NonFiniteLossError, train_one_epoch
 from models.builder import build_model
-from models.checkpoints import CheckpointError, load_checkpoint, load_imagenet_encoder
+from models.weight_layouts import CheckpointError, load_checkpoint, load_imagenet_encoder
 from models.distill import feature_term_on, kl_term_on
 
 # Official flags -> config keys. Their defaults live in the config (the paper's command line).
@@ -92,12 +88,6 @@ def resolve_config(args, parser):
         parser.error(str(e))
 
 
-def fused_optimizer(device):
-    """Whether AdamW's fused kernel can run on `device`: always on CUDA, on the CPU from torch 2.4
-    (there it makes the optimizer step 2.5x faster than the default multi-tensor path)."""
-    return device.type == 'cuda' or (device.type == 'cpu' and torch.__version__ >= '2.4')
-
-
 def check_inputs(cfg, role, resume_path, config_path):
     """Files the run needs, checked before any work, with what to do about each."""
     if cfg.pretrained_model and not resume_path and not os.path.isfile(cfg.pretrained_model):
@@ -114,18 +104,6 @@ def check_inputs(cfg, role, resume_path, config_path):
                 f"--distillation_alpha 0 --distillation_beta 0 trains the CMX baseline without a teacher.")
 
 
-def resume_checkpoint_path(resume, run_dir, logger):
-    if resume is None:
-        return None
-    if resume == 'auto':
-        path = find_resume_checkpoint(run_dir, log=logger.info)
-        logger.info(f'--resume auto: {path or "no checkpoint in " + run_dir + ", starting afresh"}')
-        return path
-    if not os.path.isfile(resume):
-        raise FileNotFoundError(f"--resume: checkpoint '{resume}' does not exist")
-    return resume
-
-
 def resume_conflicts(saved_cfg, cfg):
     """Settings that shape the trained parameters or the optimizer state and differ from those of
     the run a checkpoint comes from (its weights load, but its optimizer state cannot)."""
@@ -140,20 +118,6 @@ def resume_conflicts(saved_cfg, cfg):
     return conflicts
 
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def save_run_checkpoint(path, model, optimizer, scheduler, scaler, cfg, role, epoch, iteration,
-                        best_miou, rng_states):
-    atomic_save({'format': CHECKPOINT_FORMAT, 'role': role, 'model': model.state_dict(),
-                 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-                 'scaler': scaler.state_dict(), 'epoch': epoch, 'iteration': iteration,
-                 'rng': rng_states, 'config': dict(cfg), 'best_miou': best_miou}, path)
-
-
 def main(args, parser):
     """Trains and returns the (unwrapped) model of this process."""
     cfg = resolve_config(args, parser)
@@ -164,16 +128,15 @@ def main(args, parser):
     except ValueError as e:
         parser.error(str(e))
     device, role = dist_info.device, args.mode
-    run_dir = os.path.join(cfg.log_dir, role)
+    run_dir = rd.run_dir(cfg.log_dir, role)
     logger = RunLogger(run_dir, enabled=dist_info.is_main)
     try:
         amp = resolve_amp(cfg.amp, device)
         amp_dtype = AMP_DTYPES[amp]
-        resume_path = resume_checkpoint_path(args.resume, run_dir, logger)
+        resume_path = rd.resume_path(args.resume, run_dir, log=logger.info)
         check_inputs(cfg, role, resume_path, args.config)
-        if resume_path is None and glob.glob(os.path.join(run_dir, '*.pth')):
-            raise FileExistsError(f"run directory '{run_dir}' already holds checkpoints: continue it with "
-                                  f"--resume auto, or start a new run with --opts log_dir=OTHER_DIR")
+        if resume_path is None:
+            rd.refuse_overwrite(run_dir)
         # Same seed on every rank while the networks are built, so their initial weights agree.
         seed_everything(cfg.seed)
         loader = build_train_loader(cfg, dist_info)
@@ -181,7 +144,7 @@ def main(args, parser):
         model = build_model(cfg, role, distill=role == 'student' and feature_term_on(cfg))
         resume = None
         if resume_path:
-            resume = read_checkpoint(resume_path)
+            resume = rd.read_training_checkpoint(resume_path)
             conflicts = resume_conflicts(resume['config'], cfg)
             if conflicts:
                 raise CheckpointError(f"--resume '{resume_path}': this run changes {', '.join(conflicts)}; "
@@ -210,7 +173,7 @@ def main(args, parser):
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg, fused=fused_optimizer(device))
+    optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
@@ -245,7 +208,7 @@ def main(args, parser):
         train_model = torch.compile(train_model)
 
     if dist_info.is_main:
-        save_config(cfg, os.path.join(run_dir, 'config.py'))
+        save_config(cfg, rd.run_file(run_dir, rd.CONFIG_FILE))
     logger.info(f'{role} {cfg.backbone} on {cfg.dataset_name}: {dist_info.world_size} process(es) on '
                 f'{device.type}, global batch {cfg.batch_size}, {cfg.niters_per_epoch} iterations/epoch, '
                 f'amp {amp}, run directory {run_dir}')
@@ -281,14 +244,10 @@ def main(args, parser):
         best_miou = max(best_miou, record.get('miou', best_miou))
         rng_states = all_rng_states(device)
         if dist_info.is_main:
-            targets = ['last.pth'] + (['best.pth'] if improved else [])
-            if epoch >= cfg.checkpoint_start_epoch and epoch % cfg.checkpoint_step == 0:
-                targets.append(f'epoch-{epoch}.pth')
-            first = os.path.join(run_dir, targets[0])
-            save_run_checkpoint(first, model, optimizer, scheduler, scaler, cfg, role, epoch, iteration,
-                                best_miou, rng_states)
-            for name in targets[1:]:
-                atomic_copy(first, os.path.join(run_dir, name))
+            state = rd.training_state(role=role, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      scaler=scaler, cfg=cfg, epoch=epoch, iteration=iteration,
+                                      best_miou=best_miou, rng_states=rng_states)
+            rd.save_checkpoints(run_dir, state, rd.checkpoints_to_write(epoch, improved, cfg))
         du.barrier()
         if args.stop_after_epoch is not None and epoch >= args.stop_after_epoch:
             logger.info(f'stopping after epoch {epoch} as asked (--stop-after-epoch)')

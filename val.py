@@ -18,10 +18,8 @@ all figures (--json, default <save_path or the checkpoint's folder>/eval_<name>.
 0 = unlabeled), color/NAME.png the same in the dataset palette.
 """
 import argparse
-import glob
 import math
 import os
-import re
 import sys
 import time
 
@@ -29,16 +27,13 @@ from config import ConfigError, add_config_args, config_from_args
 from dataloader.dataset import DatasetError, RGBXDataset
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
+from engine import run_dir as rd
 from engine.amp import resolve_amp
 from engine.evaluator import evaluate
 from models.builder import build_model
-from models.checkpoints import CheckpointError, load_checkpoint
+from models.weight_layouts import CheckpointError, load_checkpoint
 from utils.io import check_output_file, write_json
 from utils.metrics import format_metrics_table
-
-EPOCH_FILE = re.compile(r'epoch-(\d+)\.pth')
-EPOCH_RANGE = re.compile(r'(\d+)-(\d*)')
-
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -76,78 +71,13 @@ def get_args_parser():
     return parser
 
 
-def epoch_files(run_dir):
-    """{epoch: path} of the epoch-N.pth files in a run directory."""
-    found = {}
-    for path in glob.glob(os.path.join(run_dir, 'epoch-*.pth')):
-        match = EPOCH_FILE.fullmatch(os.path.basename(path))
-        if match:
-            found[int(match.group(1))] = path
-    return found
-
-
-def run_dir_checkpoint(folder, role):
-    """best.pth, else last.pth, of a run directory (or of its <role>/ sub-folder)."""
-    for run_dir in (folder, os.path.join(folder, role)):
-        for name in ('best.pth', 'last.pth'):
-            if os.path.isfile(os.path.join(run_dir, name)):
-                return os.path.join(run_dir, name)
-    raise ValueError(f"-e {folder}: the folder holds no best.pth or last.pth (nor its {role}/ "
-                     f"sub-folder)")
-
-
-def resolve_one(value, run_dir, role):
-    """The checkpoint files one -e value names, in epoch order; ValueError if there are none."""
-    if os.path.isfile(value):
-        return [value]
-    if os.path.isdir(value):
-        return [run_dir_checkpoint(value, role)]
-    where = f"run directory '{run_dir}' (<log_dir>/{role}; set log_dir with --opts log_dir=...)"
-    if value in ('last', 'best') or value.isdigit():
-        name = f'{value}.pth' if not value.isdigit() else f'epoch-{int(value)}.pth'
-        path = os.path.join(run_dir, name)
-        if not os.path.isfile(path):
-            available = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, '*.pth')))
-            raise ValueError(f"-e {value}: no {name} in the {where}; it holds "
-                             f"{', '.join(available) if available else 'no checkpoints'}")
-        return [path]
-    match = EPOCH_RANGE.fullmatch(value)
-    if match:
-        start = int(match.group(1))
-        end = int(match.group(2)) if match.group(2) else math.inf
-        if start > end:
-            raise ValueError(f'-e {value}: the range starts after it ends')
-        epochs = epoch_files(run_dir)
-        chosen = [epochs[n] for n in sorted(epochs) if start <= n <= end]
-        if not chosen:
-            held = ', '.join(map(str, sorted(epochs))) if epochs else 'none'
-            raise ValueError(f"-e {value}: no epoch-N.pth with N in that range in the {where} "
-                             f"(epochs held: {held})")
-        return chosen
-    raise ValueError(f"checkpoint '{value}' does not exist (-e takes a checkpoint file, a run "
-                     f"directory, last, best, an epoch N or a range START-END)")
-
-
-def resolve_checkpoints(values, run_dir, role):
-    """Every checkpoint file the -e values name, in order, each once (absolute paths)."""
-    paths = []
-    for value in (v.strip() for arg in values for v in arg.split(',')):
-        if value:
-            paths += [os.path.abspath(p) for p in resolve_one(value, run_dir, role)]
-    return list(dict.fromkeys(paths))
-
-
-def checkpoint_name(path):
-    return os.path.splitext(os.path.basename(path))[0]
-
-
 def output_paths(checkpoints, save_path, json_out):
     """{checkpoint: (json file, prediction folder or None)}; ValueError if two would collide."""
     several = len(checkpoints) > 1
     json_is_folder = json_out is not None and (several or os.path.isdir(json_out))
     outputs = {}
     for path in checkpoints:
-        name = checkpoint_name(path)
+        name = rd.checkpoint_name(path)
         if json_out is not None and not json_is_folder:
             json_path = json_out
         else:
@@ -227,7 +157,7 @@ def main(args, parser):
     except ConfigError as e:
         fail(f'--amp {args.amp}: {e}')
     try:
-        checkpoints = resolve_checkpoints(args.checkpoints, os.path.join(cfg.log_dir, role), role)
+        checkpoints = rd.resolve_checkpoints(args.checkpoints, rd.run_dir(cfg.log_dir, role), role)
         outputs = output_paths(checkpoints, args.save_path, args.json)
     except ValueError as e:
         fail(str(e))

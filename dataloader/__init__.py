@@ -1,5 +1,4 @@
-"""Data: the RGB-X dataset in the official layout, its transforms, the training loader and the
-synthetic RGB-D scenes of the demo."""
+"""Data: the RGB-X dataset in the official layout, its transforms and the training loader."""
 from .dataset import DatasetError, RGBXDataset, check_dataset
 from .loader import build_train_loader
 from .transforms import EvalTransform, TrainTransform

@@ -12,7 +12,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from config import REPO_ROOT, load_config
-from dataloader.synthetic import make_synthetic_dataset
+from tools.synthetic_rooms import make_synthetic_dataset
 from models.builder import build_model
 from tools import benchmark
 from utils.flops import (EXTRA_FORMULAS, attention_backward_flops, attention_flops, count_flops,

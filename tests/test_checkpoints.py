@@ -5,7 +5,7 @@ import torch
 
 from config import load_config
 from models import build_model
-from models.checkpoints import (CheckpointError, load_checkpoint, load_imagenet_encoder,
+from models.weight_layouts import (CheckpointError, load_checkpoint, load_imagenet_encoder,
                                 official_key, project_key, to_official_state_dict)
 
 

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from config import load_config
 from models import build_model
-from models.checkpoints import load_checkpoint, load_imagenet_encoder, to_official_state_dict
+from models.weight_layouts import load_checkpoint, load_imagenet_encoder, to_official_state_dict
 from models.encoders.mit import mit_size
 from utils.flops import count_macs
 

@@ -14,7 +14,7 @@ import pytest
 
 from config import REPO_ROOT, load_config
 from dataloader.dataset import RGBXDataset
-from dataloader.synthetic import (BOX, CLASS_NAMES, CRATE, PANEL, POSTER, WALL, make_scene,
+from tools.synthetic_rooms import (BOX, CLASS_NAMES, CRATE, PANEL, POSTER, WALL, make_scene,
                                   make_synthetic_dataset, scaled_camera)
 
 SCENES = 100

@@ -15,12 +15,13 @@ import torch
 
 import train
 from config import REPO_ROOT, load_config
-from dataloader.synthetic import make_synthetic_dataset
-from engine.checkpoint import (atomic_save, find_resume_checkpoint, read_checkpoint, resumable_rng_state,
-                               rng_state, set_rng_state)
+from engine.rng import resumable_rng_state, rng_state, set_rng_state
+from engine.run_dir import atomic_save, find_resume_checkpoint
+from engine.run_dir import read_training_checkpoint as read_checkpoint
 from engine.optim import build_optimizer, build_scheduler, load_optimizer_state
 from models.builder import build_model
-from models.checkpoints import to_official_state_dict
+from models.weight_layouts import to_official_state_dict
+from tools.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, free_port, read_metrics, read_scalars, tiny_opts
 
 
@@ -88,7 +89,7 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
     # A second process dies (no clean-up at all) in the middle of writing the next checkpoint.
     script = textwrap.dedent(f'''
         import os, torch
-        from engine.checkpoint import atomic_save
+        from engine.run_dir import atomic_save
         real_save = torch.save
         def dying_save(obj, f, *a, **k):
             f.write(b'half a checkpoint')

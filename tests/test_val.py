@@ -14,10 +14,11 @@ import torch
 import val
 from config import REPO_ROOT, load_config
 from dataloader.dataset import RGBXDataset
-from dataloader.synthetic import make_synthetic_dataset
-from helpers import free_port
+from engine import run_dir as rd
 from models.builder import build_model
-from models.checkpoints import to_official_state_dict
+from models.weight_layouts import to_official_state_dict
+from tools.synthetic_rooms import make_synthetic_dataset
+from helpers import free_port
 
 DEMO = os.path.join(REPO_ROOT, 'config', 'demo.py')
 NUM_IMAGES = 5  # not divisible by 2 processes
@@ -181,7 +182,7 @@ def test_checkpoint_selection(tmp_path):
     (tmp_path / 'log' / 'teacher' / 'last.pth').write_bytes(b'')
 
     def resolve(*values, role='student'):
-        found = val.resolve_checkpoints(values, str(tmp_path / 'log' / role), role)
+        found = rd.resolve_checkpoints(values, str(tmp_path / 'log' / role), role)
         return [os.path.relpath(p, tmp_path / 'log') for p in found]
 
     assert resolve('best') == ['student/best.pth']

@@ -63,7 +63,6 @@ import torch
 
 # Run as `python tools/benchmark.py`: make the repository's packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
 from config import ConfigError, add_config_args, config_from_args  # noqa: E402
 from dataloader.dataset import DatasetError, RGBXDataset  # noqa: E402
 from dataloader.loader import build_train_loader  # noqa: E402
@@ -72,6 +71,7 @@ from engine.distributed import DistInfo  # noqa: E402
 from engine.evaluator import predict_probabilities  # noqa: E402
 from engine.logger import RunLogger  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
+from engine.rng import seed_everything  # noqa: E402
 from engine.amp import autocast, unsupported_amp  # noqa: E402
 from engine.trainer import train_one_epoch  # noqa: E402
 from models.builder import build_model  # noqa: E402
@@ -282,7 +282,7 @@ def random_batch(batch, size, num_classes, device, seed=0):
 
 def build_models(cfg, mode, device):
     """(model under training, frozen teacher or None), as train.py builds them."""
-    train.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     model = build_model(cfg, mode, distill=mode == 'student' and feature_term_on(cfg))
     teacher = None
     if mode == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
@@ -330,7 +330,7 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
         model, teacher = build_models(cfg, args.mode, device)
         if variant.channels_last:
             model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, cfg, fused=train.fused_optimizer(device))
+        optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
         train_model = torch.compile(model) if variant.compile else model

@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import add_config_args, config_from_args  # noqa: E402
-from dataloader.synthetic import make_synthetic_dataset  # noqa: E402
+from tools.synthetic_rooms import make_synthetic_dataset  # noqa: E402
 
 
 def run(command):

@@ -1,4 +1,4 @@
-"""Writes the synthetic RGB-D rooms of the demo (dataloader/synthetic.py) in the official layout.
+"""Writes the synthetic RGB-D rooms of the demo (tools/synthetic_rooms.py) in the official layout.
 
     python tools/make_synthetic.py --out datasets/Synthetic --num-train 200 --num-test 50
 """
@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataloader.synthetic import make_synthetic_dataset  # noqa: E402
+from tools.synthetic_rooms import make_synthetic_dataset  # noqa: E402
 
 
 def get_args_parser():

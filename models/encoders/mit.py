@@ -3,7 +3,7 @@
 timm's PyramidVisionTransformerV2 with MLP ratio 4 in every stage is the MiT encoder: same
 overlapping patch embeddings, spatial-reduction attention, Mix-FFN and LayerNorms (eps 1e-6 in the
 blocks and after each stage, 1e-5 in the patch embeddings and on the reduced keys/values), and the
-same weight init. Only the parameter names differ; `models.checkpoints` maps them.
+same weight init. Only the parameter names differ; `models.weight_layouts` maps them.
 """
 import math
 from dataclasses import dataclass

@@ -1,29 +1,17 @@
-"""Run checkpoints: atomic writes, RNG state capture, and finding the newest good one to resume."""
-import glob
-import os
+"""The random-number generators of a training process: captured into checkpoints, restored on resume."""
 import random
-import shutil
 
 import numpy as np
 import torch
 
-from models.checkpoints import CheckpointError, read_checkpoint_file
-from utils.io import atomic_write
-
 from . import distributed as du
 
-CHECKPOINT_FORMAT = 'primkd'
 
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save, atomically (see atomic_write)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_copy(source: str, path: str) -> None:
-    """A copy of a file written atomically: the other names of a checkpoint saved once."""
-    with open(source, 'rb') as src:
-        atomic_write(path, lambda f: shutil.copyfileobj(src, f, 16 << 20))
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's generators (the CUDA ones included)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -71,32 +59,3 @@ def resumable_rng_state(states: list, rank: int, world_size: int, device: torch.
     if device.type == 'cuda' and 'cuda' not in states[rank]:
         return None
     return states[rank]
-
-
-def read_checkpoint(path: str) -> dict:
-    """Loads a training checkpoint of this project; raises CheckpointError (a ValueError) naming the
-    file if it cannot be read or is not one."""
-    # Memory-mapped: --resume auto opens every checkpoint of a run to find the newest.
-    ckpt = read_checkpoint_file(path, mmap=True)
-    if ckpt.get('format') != CHECKPOINT_FORMAT or 'optimizer' not in ckpt:
-        raise CheckpointError(f"'{path}' is not a training checkpoint of this project (model weights "
-                              f"alone, e.g. official ones, cannot resume a run; use --teacher or val.py)")
-    return ckpt
-
-
-def find_resume_checkpoint(run_dir: str, log=print):
-    """The newest readable checkpoint of a run directory (by epoch, then iteration), or None.
-
-    Unreadable files (e.g. a copy torn by a crash outside this project's atomic writer) are reported
-    and skipped, so a run resumes from the last good state."""
-    best = None
-    for path in sorted(glob.glob(os.path.join(run_dir, '*.pth'))):
-        try:
-            ckpt = read_checkpoint(path)
-        except ValueError as e:
-            log(f'skipping {e}')
-            continue
-        key = (ckpt['epoch'], ckpt['iteration'])
-        if best is None or key > best[0]:
-            best = (key, path)
-    return None if best is None else best[1]
