@@ -13,13 +13,13 @@ import runpy
 
 from easydict import EasyDict
 
+from models.distill import STAGE_LOSSES
+from models.encoders.mit import MIT_SIZES
 from utils.io import atomic_write
 
 from .base import NULLABLE, PATH_KEYS, base_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKBONES = ('mit_b0', 'mit_b1', 'mit_b2', 'mit_b3', 'mit_b4', 'mit_b5')
-STAGE_LOSSES = ('loss1', 'loss2', 'loss3', 'loss4')
 
 
 class ConfigError(ValueError):
@@ -84,7 +84,7 @@ CHECKS = {
     'norm_std': (lambda v: len(v) == 3 and all(x > 0 for x in v), 'three positive numbers'),
     'losses': (lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(STAGE_LOSSES),
                f'a non-empty list of distinct names from {STAGE_LOSSES}'),
-    'backbone': _one_of(*BACKBONES),
+    'backbone': _one_of(*MIT_SIZES),
     'decoder': _one_of('MLPDecoder'),
     'optimizer': _one_of('AdamW', 'SGDM'),
     'select': _one_of('max', 'min', 'none'),

@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import STAGE_LOSSES
-
 from .decoders.mlp import init_conv_kaiming
+
+# The feature term's stage names, as the official --losses flag spells them: lossK is stage K.
+STAGE_LOSSES = ('loss1', 'loss2', 'loss3', 'loss4')
 
 
 def kl_term_on(cfg) -> bool:
