@@ -43,6 +43,13 @@ def normalize(image_uint8, mean, std):
     return (image_uint8.astype(np.float32) / 255.0 - mean) / std
 
 
+def network_input(image_bgr, channel_order, mean, std) -> torch.Tensor:
+    """An OpenCV (BGR) uint8 H x W x 3 image as the network takes it: a float32 (3, H, W) tensor in
+    `channel_order`, normalised. The one preparation of evaluation inputs (dataset or user files)."""
+    image = normalize(to_channel_order(image_bgr, channel_order), mean, std)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
 def random_crop_position(size, crop_size, rng):
     """Top-left corner of a crop of `crop_size` in an image of `size` (both (h, w)): uniform where
     the image is larger than the crop, 0 where it is not (it is padded instead)."""
@@ -91,9 +98,9 @@ class EvalTransform:
 
     def __call__(self, rgb, extra, label, rng=None):
         _check_inputs(rgb, extra, label)
-        rgb = normalize(to_channel_order(rgb, self.channel_order), self.mean, self.std)
-        extra = normalize(to_channel_order(extra, self.channel_order), self.mean, self.std)
-        return _to_tensors(rgb, extra, label)
+        return (network_input(rgb, self.channel_order, self.mean, self.std),
+                network_input(extra, self.channel_order, self.mean, self.std),
+                torch.from_numpy(label.astype(np.int64)))
 
 
 class TrainTransform:

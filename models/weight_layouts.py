@@ -268,6 +268,23 @@ def _match(module: nn.Module, state: Dict[str, torch.Tensor], source: str, stric
     return {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
 
 
+def _project_state(raw: dict, source: str):
+    """(the checkpoint's state dict with project key names, whether it was in the official layout)."""
+    state = _state_of(raw, source)
+    official = _is_official(state)
+    if official:
+        # Unknown keys keep their name, to be reported as unexpected.
+        state = OrderedDict((project_key(k) or k, v) for k, v in state.items())
+    return state, official
+
+
+def checkpoint_role(path) -> Optional[str]:
+    """'teacher' or 'student': the kind of model a project or official checkpoint file holds (None
+    when its keys are neither). Memory-mapped, so a large training checkpoint is not read."""
+    source = f"checkpoint '{path}'"
+    return _Contents(_project_state(read_checkpoint_file(path, mmap=True), source)[0]).role
+
+
 def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True, mmap: bool = False) -> dict:
     """Loads a project or official PrimKD/CMX checkpoint (path or already loaded dict) into `model`
     and returns the raw checkpoint dict (optimizer state etc. included)."""
@@ -277,12 +294,7 @@ def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True, mmap: 
     else:
         raw = read_checkpoint_file(path_or_state, mmap=mmap)
         source = f"checkpoint '{path_or_state}'"
-    state = _state_of(raw, source)
-    official = _is_official(state)
-    if official:
-        # Unknown keys keep their name, to be reported as unexpected.
-        state = OrderedDict((project_key(k) or k, v) for k, v in state.items())
-
+    state, official = _project_state(raw, source)
     _check_fits(_Contents(model.state_dict()), _Contents(state), source)
     if getattr(model, 'distill_heads', None) is None:
         state = {k: v for k, v in state.items() if not k.startswith(HEADS_PREFIX)}

@@ -28,11 +28,10 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from utils.hha import NYU_CAMERA, depth_to_hha
+from utils.hha import NYU_CAMERA, NYU_IMAGE_SIZE, inpainted_hha
 
 CLASS_NAMES = ('wall', 'floor', 'ceiling', 'box', 'crate', 'poster', 'panel', 'ball')
 UNLABELED, WALL, FLOOR, CEILING, BOX, CRATE, POSTER, PANEL, BALL = range(9)
-NYU_IMAGE_SIZE = (480, 640)
 UP = np.array([0.0, 1.0, 0.0])
 
 DEPTH_NOISE = 0.01          # standard deviation of the depth noise, relative to depth
@@ -440,15 +439,6 @@ def sensor_holes(depth, rng):
     return blobs | shadows | (depth > MAX_DEPTH_M)
 
 
-def scene_hha(depth, camera):
-    """HHA as for NYU (tools/prepare_nyu.py): from the depth with its holes in-painted."""
-    missing = depth == 0
-    filled = depth
-    if missing.any():
-        filled = cv2.inpaint(depth, missing.astype(np.uint8), 3, cv2.INPAINT_NS)
-    return depth_to_hha(filled, camera=camera)
-
-
 class RenderedScene(NamedTuple):
     rgb: np.ndarray         # (H, W, 3) uint8, RGB order
     depth: np.ndarray       # (H, W) float32 metres, 0 = no measurement
@@ -463,7 +453,7 @@ def make_scene(seed, index, height=120, width=160):
     rng = np.random.default_rng((seed, index))
     scene = Scene(rng, height, width)
     rgb, depth, label, instances = render(scene, rng)
-    return RenderedScene(rgb, depth, scene_hha(depth, scene.camera), label, instances, scene)
+    return RenderedScene(rgb, depth, inpainted_hha(depth, scene.camera), label, instances, scene)
 
 
 def _write_png(path, image):

@@ -21,6 +21,10 @@ import numpy as np
 NYU_CAMERA = np.array([[518.85790117450188, 0.0, 325.58244941119034],
                        [0.0, 519.46961112127485, 253.73616633400465],
                        [0.0, 0.0, 1.0]], dtype=np.float64)
+NYU_IMAGE_SIZE = (480, 640)  # (height, width) the NYU intrinsics belong to
+# Named cameras: intrinsics and the only image size (height, width) they are valid for.
+CAMERA_PRESETS = {'nyu': (NYU_CAMERA, NYU_IMAGE_SIZE)}
+INPAINT_RADIUS = 3
 
 # Radii (in pixels) of the square windows for the plane fits: the fine normals give the angle
 # channel, the coarse ones the gravity estimate.
@@ -62,6 +66,17 @@ def depth_to_hha(depth_m, missing=None, camera=NYU_CAMERA):
     hha[..., 1] = matlab_uint8(height_above_ground(points, gravity))
     hha[..., 2] = matlab_uint8(angle_with_gravity(fine_normals, gravity) + ANGLE_OFFSET)
     return hha
+
+
+def inpainted_hha(depth_m, camera=NYU_CAMERA):
+    """HHA of a sensor depth map whose holes are 0: the holes are in-painted first (OpenCV's
+    Navier-Stokes method), since the reference HHA were made from in-painted depth. Depth without
+    holes goes to depth_to_hha unchanged (as float32 metres)."""
+    depth_m = np.asarray(depth_m, dtype=np.float32)
+    holes = depth_m == 0
+    if holes.any():
+        depth_m = cv2.inpaint(depth_m, holes.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_NS)
+    return depth_to_hha(depth_m, camera=camera)
 
 
 def _check_inputs(depth_m, missing, camera):

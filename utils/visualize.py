@@ -7,10 +7,15 @@ PNG convention of the datasets: 0 = unlabeled (black), 1..C = classes 0..C-1. (T
 evaluation colours prediction c with entry c, which paints the first class black; here black stays
 reserved for unlabeled pixels, so ground truth and prediction images read the same way.)
 """
+import cv2
 import numpy as np
 import torch
 
 SEPARATOR_WIDTH = 15  # black bar between the panels of a side-by-side image, as the official tool
+OVERLAY_ALPHA = 0.5   # weight of the palette colours over the photo
+LEGEND_ROW = 24       # pixels per legend entry
+LEGEND_WIDTH = 320
+DEPTH_RANGE_PERCENTILES = (1, 99)  # the depth colour map spans these, so outliers do not flatten it
 
 
 def label_colormap(num_entries: int) -> np.ndarray:
@@ -52,3 +57,36 @@ def hstack_panels(*panels: np.ndarray) -> np.ndarray:
     for panel in panels:
         pieces += [panel, bar]
     return np.concatenate(pieces[:-1], axis=1)
+
+
+def overlay(rgb: np.ndarray, colour: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """(H, W, 3) uint8: the palette image `colour` blended over the photo `rgb` with weight alpha."""
+    blended = (1 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)
+    return np.rint(blended).astype(np.uint8)
+
+
+def depth_colormap(depth_m: np.ndarray) -> np.ndarray:
+    """(H, W) depth in metres -> (H, W, 3) uint8 RGB (turbo colour map, near = red, far = blue;
+    holes, depth 0, black)."""
+    valid = depth_m > 0
+    image = np.zeros(depth_m.shape + (3,), dtype=np.uint8)
+    if not valid.any():
+        return image
+    near, far = np.percentile(depth_m[valid], DEPTH_RANGE_PERCENTILES)
+    nearness = np.clip((far - depth_m) / max(far - near, 1e-6), 0.0, 1.0)
+    coloured = cv2.applyColorMap(np.rint(nearness * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    image[valid] = coloured[..., ::-1][valid]
+    return image
+
+
+def legend(classes, class_names, num_classes: int) -> np.ndarray:
+    """(rows x LEGEND_ROW, LEGEND_WIDTH, 3) uint8 RGB: one row per class index in `classes`
+    (0..C-1), its palette colour (colorize's, label PNG value index + 1) and its name."""
+    colours = label_colormap(num_classes + 1)
+    image = np.full((max(len(classes), 1) * LEGEND_ROW, LEGEND_WIDTH, 3), 255, dtype=np.uint8)
+    for row, index in enumerate(classes):
+        top = row * LEGEND_ROW
+        image[top + 3:top + LEGEND_ROW - 3, 4:4 + 2 * LEGEND_ROW] = colours[index + 1]
+        cv2.putText(image, f'{index + 1} {class_names[index]}', (12 + 2 * LEGEND_ROW, top + 17),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return image
