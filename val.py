@@ -30,6 +30,7 @@ from engine import distributed as du
 from engine import run_dir as rd
 from engine.amp import resolve_amp
 from engine.evaluator import evaluate
+from engine.inference import add_prediction_args
 from models.builder import build_model
 from models.weight_layouts import CheckpointError, load_checkpoint
 from utils.io import check_output_file, write_json
@@ -44,27 +45,15 @@ def get_args_parser():
                              'in <log_dir>/<mode>/ (comma- or space-separated)')
     parser.add_argument('--mode', choices=('student', 'teacher'), default='student',
                         help='student: RGB-D model (default); teacher: RGB-only model')
-    parser.add_argument('--scales', type=float, nargs='+', metavar='S',
-                        help="input scales to average (default: the config's eval_scale_array)")
-    parser.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
-                        help="also average the horizontally flipped input (default: config's eval_flip)")
-    inference = parser.add_mutually_exclusive_group()
-    inference.add_argument('--sliding', dest='eval_mode', action='store_const', const='sliding',
-                           help='sliding-window inference with eval_crop_size / eval_stride_rate')
-    inference.add_argument('--whole', dest='eval_mode', action='store_const', const='whole',
-                           help="the whole image at once (default: the config's eval_mode)")
+    add_prediction_args(parser)
     parser.add_argument('-p', '--save_path', metavar='DIR',
                         help='write DIR/pred/NAME.png and DIR/color/NAME.png (one sub-folder per '
                              'checkpoint when there are several)')
     parser.add_argument('--side-by-side', action='store_true',
                         help='colour images show input | prediction | ground truth')
-    parser.add_argument('--amp', choices=('bf16', 'fp16', 'none'), default='none',
-                        help='mixed-precision inference (default: none, full precision)')
     parser.add_argument('--json', metavar='OUT',
                         help='JSON file of the figures (a folder for eval_<name>.json files when '
                              'several checkpoints are evaluated or OUT is a folder)')
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
-                        help='auto: CUDA when available (default)')
     parser.add_argument('-d', '--devices',
                         help='accepted for compatibility and ignored: choose GPUs with '
                              'CUDA_VISIBLE_DEVICES (val.sh starts one process per visible GPU)')
