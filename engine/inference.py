@@ -14,6 +14,7 @@ mean and std, class names), so that a config that prepares them otherwise is ref
 """
 import argparse
 import json
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -31,8 +32,10 @@ INPUT_NAMES = {'teacher': ('rgb',), 'student': ('rgb', 'extra')}
 OUTPUT_NAME = 'logits'
 # The encoder's last stage has stride 32: smaller inputs cannot go through it.
 MIN_INPUT_SIDE = 32
-# A dimension of size 1 in the example input would be fixed to 1 by torch.export.
+# A dimension of size 1 in the example input would be fixed to 1 by torch.export: a batch of 2, and
+# for a dynamic export sides of at least 64 pixels, so that the 1/32 maps are 2 pixels a side.
 EXPORT_EXAMPLE_BATCH = 2
+MIN_DYNAMIC_EXAMPLE_SIDE = 64
 # Config keys an ONNX file records (JSON values in its metadata) and must agree with at inference.
 METADATA_KEYS = ('channel_order', 'norm_mean', 'norm_std', 'class_names')
 
@@ -152,13 +155,17 @@ def export_onnx(model: nn.Module, role: str, cfg, path: str, size, dynamic: bool
     """Writes `model` (eval mode, CPU) to the ONNX file `path` for inputs of `size` (height, width)
     with the METADATA_KEYS of `cfg`; `dynamic` leaves height and width free. The batch dimension is
     always free."""
-    example = torch.randn(EXPORT_EXAMPLE_BATCH, 3, *size)
-    axes = {0: 'batch', 2: 'height', 3: 'width'} if dynamic else {0: 'batch'}
     names = INPUT_NAMES[role]
-    program = torch.onnx.export(LogitsOnly(model).eval(), tuple(example for _ in names), None,
-                                input_names=list(names), output_names=[OUTPUT_NAME],
-                                opset_version=ONNX_OPSET, dynamo=True, verbose=False,
-                                dynamic_shapes={name: axes for name in names})
+    # One tensor per input: torch.export would take a tensor passed twice for one input.
+    examples = tuple(torch.randn(EXPORT_EXAMPLE_BATCH, 3, *size) for _ in names)
+    axes = {0: 'batch', 2: 'height', 3: 'width'} if dynamic else {0: 'batch'}
+    with warnings.catch_warnings():
+        # rgb and extra share their dynamic dimensions, which the exporter reports as a warning.
+        warnings.filterwarnings('ignore', message='# The axis name')
+        program = torch.onnx.export(LogitsOnly(model).eval(), examples, None,
+                                    input_names=list(names), output_names=[OUTPUT_NAME],
+                                    opset_version=ONNX_OPSET, dynamo=True, verbose=False,
+                                    dynamic_shapes={name: axes for name in names})
     program.model.metadata_props.update({key: json.dumps(cfg[key]) for key in METADATA_KEYS})
     program.save(path, external_data=False)
 
