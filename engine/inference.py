@@ -72,7 +72,7 @@ def checkpoint_model(cfg, value: str, mode: Optional[str]):
     try:
         paths = rd.resolve_checkpoints([value], rd.run_dir(cfg.log_dir, lookup_mode), lookup_mode)
         role = checkpoint_role(paths[0]) if len(paths) == 1 else None
-    except (ValueError, CheckpointError) as e:
+    except ValueError as e:  # CheckpointError included
         raise InferenceError(str(e)) from None
     if len(paths) != 1:
         raise InferenceError(f'-e {value} names {len(paths)} checkpoints; give one')
