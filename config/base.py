@@ -60,7 +60,6 @@ def base_config() -> EasyDict:
     C.backbone = 'mit_b4'
     C.pretrained_model = 'pretrained/segformer/mit_b4.pth'
     C.teacher_checkpoint = 'pretrained/pre/nyu-rgb.pth'
-    C.decoder = 'MLPDecoder'
     C.decoder_embed_dim = 512
     C.drop_path_rate = 0.1
     C.bn_eps = 1e-3                  # decoder BatchNorm of the student (the official re-init)

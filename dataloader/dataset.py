@@ -70,11 +70,18 @@ def read_split(cfg, split):
     return names
 
 
-def item_paths(cfg, name):
-    """(rgb, extra, label) file paths of one item."""
+def item_paths(cfg, name, with_extra=True):
+    """(rgb, extra, label) file paths of one item; extra is None without the extra modality."""
     return (os.path.join(cfg.dataset_path, cfg.rgb_folder, name + cfg.rgb_format),
-            os.path.join(cfg.dataset_path, cfg.x_folder, name + cfg.x_format),
+            os.path.join(cfg.dataset_path, cfg.x_folder, name + cfg.x_format) if with_extra else None,
             os.path.join(cfg.dataset_path, cfg.label_folder, name + cfg.label_format))
+
+
+def read_item(cfg, paths):
+    """The arrays of an item as read (None for an absent extra path or an undecodable file)."""
+    rgb_path, extra_path, label_path = paths
+    return (read_rgb(rgb_path), None if extra_path is None else read_extra(extra_path, cfg.x_is_single_channel),
+            read_label(label_path))
 
 
 def read_rgb(path):
@@ -133,22 +140,25 @@ def _describe(problems, what):
 
 def _check_item(cfg, paths):
     """(missing, unreadable, other problems) of one item, each a list of 'path: what'."""
-    missing = [f'{path}: does not exist' for path in paths if not os.path.isfile(path)]
+    missing = [f'{path}: does not exist' for path in paths if path is not None and not os.path.isfile(path)]
     if missing:
         return missing, [], []
     rgb_path, extra_path, label_path = paths
     try:
-        images = (read_rgb(rgb_path), read_extra(extra_path, cfg.x_is_single_channel),
-                  read_label(label_path))
+        images = read_item(cfg, paths)
     except DatasetError as e:
         return [], [], [str(e)]
     unreadable = [f'{path}: OpenCV cannot decode it'
-                  for path, image in zip(paths, images) if image is None]
+                  for path, image in zip(paths, images) if path is not None and image is None]
     if unreadable:
         return [], unreadable, []
     rgb, extra, label = images
     problems = []
-    if not rgb.shape[:2] == extra.shape[:2] == label.shape:
+    if extra is None:
+        if rgb.shape[:2] != label.shape:
+            problems.append(f'{rgb_path}: size {rgb.shape[1]}x{rgb.shape[0]}, but {label_path} is '
+                            f'{label.shape[1]}x{label.shape[0]} (width x height)')
+    elif not rgb.shape[:2] == extra.shape[:2] == label.shape:
         problems.append(f'{rgb_path}: size {rgb.shape[1]}x{rgb.shape[0]}, but {extra_path} is '
                         f'{extra.shape[1]}x{extra.shape[0]} and {label_path} is '
                         f'{label.shape[1]}x{label.shape[0]} (width x height)')
@@ -162,17 +172,18 @@ def _check_item(cfg, paths):
     return [], [], problems
 
 
-def check_dataset(cfg, split, workers=4):
+def check_dataset(cfg, split, workers=4, with_extra=True):
     """Checks one split before training: the dataset folder and split file exist, every file the
     split names exists and OpenCV decodes it, the three images of an item have the same size, and
     label values are classes (0..C with gt_transform, where 0 is unlabeled; 0..C-1 without) or the
-    ignore value. Every file is decoded once, by `workers` threads: about 3 s for the 795 training
-    images of NYU Depth V2 (480x640), 0.1 s for 200 synthetic 120x160 scenes. Returns the split's
-    names; raises one DatasetError listing every problem found.
+    ignore value; without `with_extra`, the extra modality's files are not needed. Every file is
+    decoded once, by `workers` threads: about 3 s for the 795 training images of NYU Depth V2
+    (480x640), 0.1 s for 200 synthetic 120x160 scenes. Returns the split's names; raises one
+    DatasetError listing every problem found.
     """
     names = read_split(cfg, split)
     source = split_file(cfg, split)
-    all_paths = [item_paths(cfg, name) for name in dict.fromkeys(names)]
+    all_paths = [item_paths(cfg, name, with_extra) for name in dict.fromkeys(names)]
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda paths: _check_item(cfg, paths), all_paths))
     sections = []
@@ -196,7 +207,8 @@ def epoch_names(names, length, seed):
 
 class RGBXDataset(torch.utils.data.Dataset):
     """Items are dicts: 'rgb' and 'extra' float32 (3, H, W), 'label' int64 (H, W) with values
-    0..C-1 or cfg.background, 'name' str.
+    0..C-1 or cfg.background, 'name' str. With `with_extra=False` (an RGB-only run) the extra
+    modality is neither checked nor read, and items have no 'extra'.
 
     `split` 'train' has `cfg.niters_per_epoch * cfg.batch_size` items (see the module docstring),
     'val' one per line of the split file. `transform` defaults to TrainTransform for 'train' and
@@ -205,10 +217,11 @@ class RGBXDataset(torch.utils.data.Dataset):
     loads it. A bare index uses the seed (cfg.seed, index).
     """
 
-    def __init__(self, cfg, split, transform=None):
+    def __init__(self, cfg, split, transform=None, with_extra=True):
         self.cfg = cfg
         self.split = split
-        self.names = check_dataset(cfg, split)
+        self.with_extra = with_extra
+        self.names = check_dataset(cfg, split, with_extra=with_extra)
         if split == 'train':
             self.items = epoch_names(self.names, cfg.niters_per_epoch * cfg.batch_size, cfg.seed)
         else:
@@ -221,13 +234,12 @@ class RGBXDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def read(self, name):
-        """The item's arrays as read: rgb and extra uint8 H x W x 3 (BGR), label uint8 H x W after
-        the label transform."""
-        rgb_path, extra_path, label_path = item_paths(self.cfg, name)
-        arrays = (read_rgb(rgb_path), read_extra(extra_path, self.cfg.x_is_single_channel),
-                  read_label(label_path))
-        for path, array in zip((rgb_path, extra_path, label_path), arrays):
-            if array is None:
+        """The item's arrays as read: rgb and extra uint8 H x W x 3 (BGR; extra None without the
+        extra modality), label uint8 H x W after the label transform."""
+        paths = item_paths(self.cfg, name, self.with_extra)
+        arrays = read_item(self.cfg, paths)
+        for path, array in zip(paths, arrays):
+            if path is not None and array is None:
                 raise DatasetError(f"'{path}' cannot be read (it could when the dataset was checked)")
         rgb, extra, label = arrays
         return rgb, extra, transform_label(label, self.cfg.gt_transform, self.cfg.background)
@@ -239,4 +251,7 @@ class RGBXDataset(torch.utils.data.Dataset):
             sample_seed = (self.cfg.seed, index)
         name = self.items[index]
         rgb, extra, label = self.transform(*self.read(name), np.random.default_rng(sample_seed))
-        return {'rgb': rgb, 'extra': extra, 'label': label, 'name': name}
+        item = {'rgb': rgb, 'label': label, 'name': name}
+        if extra is not None:
+            item['extra'] = extra
+        return item

@@ -53,8 +53,7 @@ def seed_worker(worker_id):
 class TrainLoader:
     """Batches of dicts ('rgb', 'extra', 'label' stacked, 'name' a list); `len()` batches an epoch."""
 
-    def __init__(self, dataset, sampler, loader):
-        self.dataset = dataset
+    def __init__(self, sampler, loader):
         self.sampler = sampler
         self.loader = loader
 
@@ -87,4 +86,4 @@ def build_train_loader(cfg, dist_info, dataset=None):
         num_workers=cfg.num_workers, pin_memory=torch.device(dist_info.device).type == 'cuda',
         persistent_workers=cfg.num_workers > 0, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed + dist_info.rank))
-    return TrainLoader(dataset, sampler, loader)
+    return TrainLoader(sampler, loader)

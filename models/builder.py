@@ -29,6 +29,8 @@ class SegmentationModel(nn.Module):
         self.distill_heads = distill_heads
 
     def forward(self, rgb: torch.Tensor, extra: Optional[torch.Tensor] = None) -> SegOutput:
+        """Every model is called one way, model(rgb, extra): an RGB-only model leaves `extra` unused
+        (callers pass what the batch has), an RGB-X model requires it."""
         if rgb.dim() != 4 or rgb.shape[1] != 3:
             raise ValueError(f"model: rgb must be (B, 3, H, W), got {tuple(rgb.shape)}")
         if self.encoder.takes_extra:
