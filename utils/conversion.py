@@ -28,8 +28,8 @@ def load_mat_variable(path, name):
     except NotImplementedError:  # v7.3
         with h5py.File(path, 'r') as f:
             if name in f and not isinstance(f[name], h5py.Dataset):
-                raise InputError(f"'{path}': '{name}' is a MATLAB struct or cell in a v7.3 file; "
-                                 f"expected a numeric array") from None
+                raise InputError(f"'{path}': '{name}' is a struct or cell of a MATLAB v7.3 file, which "
+                                 f"this reader does not take (expected the release's file)") from None
             variables = {name: f[name][()]} if name in f else {}
     except ValueError as e:
         raise InputError(f"'{path}' is not a MATLAB file: {e}") from e
