@@ -77,7 +77,7 @@ MAX_DEPTH_MM = 8000  # read3dPoints.m: depthInpaint(depthInpaint > 8) = 8 (metre
 
 
 class Image(NamedTuple):
-    """One image to convert: its output name, sensor, and what is read for it."""
+    """One image to convert: its output name, where it is in the toolbox's files, and its files."""
     name: str
     index: int              # 0-based position in SUNRGBDMeta and SUNRGBD2Dseg
     folder: str             # e.g. kv1/NYUdata/NYU0001, relative to --sunrgbd
@@ -203,6 +203,8 @@ def plan_images(release, entries, train, test):
     """The Image records of the train and test folders, in split order; InputError if the split
     names a folder that the metadata lacks, or an image of the metadata is in neither split."""
     position = {folder: index for index, (folder, _, _) in enumerate(entries)}
+    if len(position) != len(entries):
+        raise InputError(f"{META_FILE} lists {len(entries) - len(position)} image folders more than once")
     unknown = [folder for folder in train + test if folder not in position]
     if unknown:
         raise InputError(f"{SPLIT_FILE} names {len(unknown)} folders that {META_FILE} lacks, "
