@@ -32,15 +32,12 @@ from tqdm import tqdm
 
 # Run as `python tools/depth2hha.py`: make the repository's packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.conversion import DEPTH_ENCODINGS, InputError, read_depth_png  # noqa: E402
 from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 PNG_GREY = 0
-
-
-class ConversionError(ValueError):
-    """A bad input folder or file; the message names it."""
 
 
 def get_args_parser():
@@ -55,7 +52,7 @@ def get_args_parser():
     parser.add_argument('--raw-dir', default=None,
                         help='optional folder of raw 16-bit depth PNGs with the same names; '
                              'their zeros mark pixels left out of the normal estimation')
-    parser.add_argument('--depth-encoding', choices=('plain', 'sun-rgbd'), default='plain',
+    parser.add_argument('--depth-encoding', choices=DEPTH_ENCODINGS, default='plain',
                         help='plain: PNG value = depth x depth-scale; sun-rgbd: the value rotated '
                              'left by 3 bits, as SUN-RGBD stores it')
     parser.add_argument('--depth-scale', type=float, default=1000.0,
@@ -72,27 +69,15 @@ def get_args_parser():
 
 
 def check_png_header(path):
-    """Raises ConversionError unless ``path`` starts like a 16-bit greyscale PNG (cheap: 26 bytes)."""
+    """Raises InputError unless ``path`` starts like a 16-bit greyscale PNG (cheap: 26 bytes)."""
     with open(path, 'rb') as f:
         header = f.read(26)
     if len(header) < 26 or not header.startswith(PNG_SIGNATURE) or header[12:16] != b'IHDR':
-        raise ConversionError(f'{path}: not a PNG file')
+        raise InputError(f'{path}: not a PNG file')
     bit_depth, colour_type = header[24], header[25]
     if bit_depth != 16 or colour_type != PNG_GREY:
-        raise ConversionError(f'{path}: expected a 16-bit greyscale depth PNG, got bit depth '
-                              f'{bit_depth} and PNG colour type {colour_type}')
-
-
-def read_depth_png(path, encoding='plain'):
-    depth = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise ConversionError(f'{path}: cannot be read as an image (corrupt PNG?)')
-    if depth.dtype != np.uint16 or depth.ndim != 2:
-        raise ConversionError(f'{path}: expected a 16-bit single-channel depth PNG, got '
-                              f'{depth.dtype} with shape {depth.shape}')
-    if encoding == 'sun-rgbd':
-        depth = (depth >> 3) | (depth << 13)  # uint16: the bits shifted out on the left are dropped
-    return depth
+        raise InputError(f'{path}: expected a 16-bit greyscale depth PNG, got bit depth '
+                         f'{bit_depth} and PNG colour type {colour_type}')
 
 
 class Settings(NamedTuple):
@@ -107,21 +92,21 @@ def plan_jobs(args):
     still to do, and how many outputs were skipped because they exist."""
     for flag, folder in (('--depth-dir', args.depth_dir), ('--raw-dir', args.raw_dir)):
         if folder is not None and not os.path.isdir(folder):
-            raise ConversionError(f'{flag} {folder}: no such folder')
+            raise InputError(f'{flag} {folder}: no such folder')
     for flag in ('fx', 'fy', 'depth_scale'):
         if not getattr(args, flag) > 0:
-            raise ConversionError(f'--{flag.replace("_", "-")} must be positive, got {getattr(args, flag)}')
+            raise InputError(f'--{flag.replace("_", "-")} must be positive, got {getattr(args, flag)}')
     if args.workers < 1:
-        raise ConversionError(f'--workers must be at least 1, got {args.workers}')
+        raise InputError(f'--workers must be at least 1, got {args.workers}')
     if not 0 <= args.quality <= 100:
-        raise ConversionError(f'--quality must be in 0..100, got {args.quality}')
+        raise InputError(f'--quality must be in 0..100, got {args.quality}')
     inputs = {os.path.realpath(args.depth_dir), os.path.realpath(args.raw_dir or args.depth_dir)}
     if os.path.realpath(args.out_dir) in inputs:
-        raise ConversionError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
+        raise InputError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
 
     names = sorted(n for n in os.listdir(args.depth_dir) if n.lower().endswith('.png'))
     if not names:
-        raise ConversionError(f'--depth-dir {args.depth_dir}: no .png files')
+        raise InputError(f'--depth-dir {args.depth_dir}: no .png files')
     jobs, skipped = [], 0
     for name in names:
         depth_path = os.path.join(args.depth_dir, name)
@@ -130,7 +115,7 @@ def plan_jobs(args):
         check_png_header(depth_path)
         if raw_path is not None:
             if not os.path.isfile(raw_path):
-                raise ConversionError(f'{raw_path}: raw depth for {depth_path} is missing')
+                raise InputError(f'{raw_path}: raw depth for {depth_path} is missing')
             check_png_header(raw_path)
         if os.path.exists(out_path) and not args.overwrite:
             skipped += 1
@@ -146,14 +131,14 @@ def convert(job, settings: Settings):
     if raw_path is not None:
         raw = read_depth_png(raw_path, settings.depth_encoding)
         if raw.shape != depth.shape:
-            raise ConversionError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
+            raise InputError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
         missing = raw == 0
     hha = depth_to_hha(depth / settings.depth_scale, missing, settings.camera)
     extension = os.path.splitext(out_path)[1]
     ok, encoded = cv2.imencode(extension, np.ascontiguousarray(hha[..., ::-1]),
                                (cv2.IMWRITE_JPEG_QUALITY, settings.quality) if extension == '.jpg' else ())
     if not ok:
-        raise ConversionError(f'{out_path}: {extension} encoding failed')
+        raise InputError(f'{out_path}: {extension} encoding failed')
     # An interrupted run never leaves a truncated file.
     atomic_write(out_path, encoded.tobytes(), durable=False)
 
@@ -163,7 +148,7 @@ def _convert_in_worker(job, settings: Settings):
     try:
         convert(job, settings)
         return None
-    except ConversionError as error:
+    except InputError as error:
         return str(error)
     except (ValueError, OSError) as error:
         return f'{job[0]}: {error}'
@@ -177,7 +162,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
         jobs, skipped = plan_jobs(args)
-    except ConversionError as error:
+    except InputError as error:
         sys.exit(f'error: {error}')
     camera = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
     settings = Settings(args.depth_encoding, args.depth_scale, camera, args.quality)
