@@ -9,6 +9,7 @@ from config import load_config
 from models import build_model, build_teacher, check_teacher_checkpoint, load_teacher
 from models.distill import distillation_losses
 from models.weight_layouts import CheckpointError, load_checkpoint, to_official_state_dict
+from tools import flops
 
 # SegFormer stage widths, written out here independently of the model's table.
 B0_WIDTHS, WIDE = (32, 64, 160, 256), (64, 128, 320, 512)
@@ -184,3 +185,15 @@ def test_teacher_keys_are_checked():
         demo_config('teacher_backbone=mit_b9')
     with pytest.raises(Exception, match="'teacher_modality'"):
         demo_config('teacher_modality=depth')
+
+
+def test_flops_reports_the_configured_teacher(capsys):
+    opts = ['--opts', 'decoder_embed_dim=32', 'teacher_backbone=mit_b1', 'teacher_modality=rgbx']
+    flops.main(['-c', 'config/demo.py', '--role', 'teacher', '--size', '64', '64', *opts])
+    printed = capsys.readouterr().out
+    with torch.device('meta'):
+        dual = build_teacher(demo_config('teacher_backbone=mit_b1', 'teacher_modality=rgbx'))
+        rgb_only = build_teacher(demo_config('teacher_backbone=mit_b1'))
+    counts = [sum(p.numel() for p in model.parameters()) / 1e6 for model in (dual, rgb_only)]
+    assert 'mit_b1 teacher (rgbx)' in printed
+    assert f"parameters:    {counts[0]:.2f} M" in printed and f"{counts[0]:.2f}" != f"{counts[1]:.2f}"
