@@ -27,6 +27,7 @@ from engine.logger import RunLogger
 from engine.optim import build_optimizer, build_scheduler, load_optimizer_state
 from engine.trainer import NonFiniteLossError, train_one_epoch
 from models.builder import build_model
+from models.teacher import check_teacher_checkpoint, load_teacher
 from models.weight_layouts import CheckpointError, load_checkpoint, load_imagenet_encoder
 from models.distill import feature_term_on, kl_term_on
 
@@ -88,7 +89,7 @@ def resolve_config(args, parser):
         parser.error(str(e))
 
 
-def check_inputs(cfg, role, resume_path, config_path):
+def check_inputs(cfg, role, resume_path):
     """Files the run needs, checked before any work, with what to do about each."""
     if cfg.pretrained_model and not resume_path and not os.path.isfile(cfg.pretrained_model):
         raise FileNotFoundError(
@@ -96,12 +97,7 @@ def check_inputs(cfg, role, resume_path, config_path):
             f"Download the SegFormer mit_b*.pth files into pretrained/segformer/ (see pretrained/README.md), "
             f"or train from scratch with --no-pretrained.")
     if role == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
-        if not cfg.teacher_checkpoint or not os.path.isfile(str(cfg.teacher_checkpoint)):
-            raise FileNotFoundError(
-                f"teacher checkpoint '{cfg.teacher_checkpoint}' not found (config key teacher_checkpoint, "
-                f"or --teacher PATH). Get the released teacher (pretrained/README.md) or train one with "
-                f"`bash train.sh {config_path} --mode teacher`; "
-                f"--distillation_alpha 0 --distillation_beta 0 trains the CMX baseline without a teacher.")
+        check_teacher_checkpoint(cfg)  # present, and of the configured size and kind
 
 
 def resume_conflicts(saved_cfg, cfg):
@@ -134,7 +130,7 @@ def main(args, parser):
         amp = resolve_amp(cfg.amp, device)
         amp_dtype = AMP_DTYPES[amp]
         resume_path = rd.resume_path(args.resume, run_dir, log=logger.info)
-        check_inputs(cfg, role, resume_path, args.config)
+        check_inputs(cfg, role, resume_path)
         if resume_path is None:
             rd.refuse_overwrite(run_dir)
         # Same seed on every rank while the networks are built, so their initial weights agree.
@@ -157,9 +153,7 @@ def main(args, parser):
             load_imagenet_encoder(model, cfg.pretrained_model)
         teacher = None
         if role == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
-            teacher = build_model(cfg, 'teacher')
-            load_checkpoint(teacher, cfg.teacher_checkpoint)
-            teacher.eval().requires_grad_(False).to(device)
+            teacher = load_teacher(cfg).to(device)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError) as e:
         logger.close()
         du.cleanup()
