@@ -47,9 +47,10 @@ def check_teacher_checkpoint(cfg, path: Optional[str] = None) -> dict:
     if MODALITY_OF_ROLE[contents.role] != cfg.teacher_modality:
         fixes.append(f"teacher_modality={MODALITY_OF_ROLE[contents.role]}")
     if fixes or contents.backbone is None:
-        size = contents.backbone or contents.size_name()
-        raise CheckpointError(f"{source} is a {size} {KIND_TEXT[contents.role]}; the config says "
-                              f"{_configured_teacher(cfg)}"
+        kind = KIND_TEXT[contents.role]
+        what = (f"a {contents.backbone} {kind}" if contents.backbone
+                else f"an {kind} of {contents.size_name()}")
+        raise CheckpointError(f"{source} is {what}; the config says {_configured_teacher(cfg)}"
                               + (f" (--opts {' '.join(fixes)})" if fixes else ''))
     if contents.num_classes is not None and contents.num_classes != cfg.num_classes:
         raise CheckpointError(f"{source} predicts {contents.num_classes} classes; the config says "

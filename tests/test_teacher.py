@@ -133,9 +133,12 @@ def teacher_files(tmp_path):
     dual = seeded(0, build_model, demo_config(), 'student')
     five = seeded(0, build_model, demo_config('num_classes=5', "class_names=['a','b','c','d','e']"),
                   'teacher')
+    # No MiT size has depths 2-2-2-1.
+    odd = {k: v for k, v in rgb.state_dict().items() if not k.startswith('encoder.rgb.stages.3.blocks.1.')}
     return {'rgb': save(tmp_path, 'rgb.pth', {'model': to_official_state_dict(rgb)}),
             'rgbx': save(tmp_path, 'dual.pth', dual.state_dict()),
-            'five': save(tmp_path, 'five.pth', five.state_dict())}
+            'five': save(tmp_path, 'five.pth', five.state_dict()),
+            'odd': save(tmp_path, 'odd.pth', odd)}
 
 
 @pytest.mark.parametrize('checkpoint, opts, fragments', [
@@ -149,6 +152,8 @@ def teacher_files(tmp_path):
     ('rgbx', ['teacher_backbone=mit_b2'],
      ['(--opts teacher_backbone=mit_b0 teacher_modality=rgbx)']),
     ('five', [], ['predicts 5 classes', 'num_classes=8']),
+    ('odd', [], ['is an RGB teacher (single-branch) of an unknown MiT size (depths 2-2-2-1,',
+                 'teacher_modality rgb']),
     ('missing', [], ['nope.pth', 'not found', '--mode teacher', '--teacher PATH']),
 ])
 def test_a_teacher_that_does_not_fit_is_named_in_one_line(tmp_path, checkpoint, opts, fragments):
