@@ -25,6 +25,7 @@ from engine.rng import all_rng_states, seed_everything
 from engine.run_spec import RunSpec
 from engine.trainer import (NonFiniteLossError, load_start_weights, prepare_model, restore_training_state,
                             train_one_epoch, validate, wrap_for_training)
+from models.builder import teacher_backbone
 from models.distill import kl_term_on
 from models.weight_layouts import CheckpointError
 
@@ -92,7 +93,8 @@ def describe_run(cfg, spec, dist_info, amp, run_dir) -> str:
             f'{dist_info.device.type}, global batch {cfg.batch_size}, {cfg.niters_per_epoch} iterations/epoch, '
             f'amp {amp}, run directory {run_dir}')
     if spec.teacher:
-        text += (f'\nteacher {cfg.teacher_checkpoint}; alpha {cfg.distillation_alpha} '
+        text += (f'\nteacher {RunSpec.teacher_checkpoint(cfg)} ({teacher_backbone(cfg)}, {cfg.teacher_modality}); '
+                 f'alpha {cfg.distillation_alpha} '
                  f'(KL {"on" if kl_term_on(cfg) else "off"}, flag {cfg.distillation_flag}), '
                  f'beta {cfg.distillation_beta} ({cfg.mask_single}, {cfg.select} of {cfg.losses})')
     return text

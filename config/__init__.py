@@ -85,6 +85,8 @@ CHECKS = {
     'losses': (lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(STAGE_LOSSES),
                f'a non-empty list of distinct names from {STAGE_LOSSES}'),
     'backbone': _one_of(*MIT_SIZES),
+    'teacher_backbone': _one_of(*MIT_SIZES),
+    'teacher_modality': _one_of('rgb', 'rgbx'),
     'optimizer': _one_of('AdamW', 'SGDM'),
     'select': _one_of('max', 'min', 'none'),
     'mask_single': _one_of('hint', 'mask_hint'),

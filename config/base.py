@@ -19,6 +19,7 @@ NULLABLE = {
     'niters_per_epoch': int,      # None: num_train_imgs // batch_size + 1, as the official code
     'pretrained_model': str,      # None: encoders start from random weights
     'teacher_checkpoint': str,    # None: no teacher (teacher training, CMX baseline)
+    'teacher_backbone': str,      # None: the student's backbone
     'log_dir': str,               # None: log/<dataset_name>_<backbone>
 }
 
@@ -60,12 +61,21 @@ def base_config() -> EasyDict:
     C.backbone = 'mit_b4'
     C.pretrained_model = 'pretrained/segformer/mit_b4.pth'
     C.teacher_checkpoint = 'pretrained/pre/nyu-rgb.pth'
+    # The teacher that guides the student (the model in teacher_checkpoint). Its MiT size may differ
+    # from the student's: the reconstruct heads map the student's stage widths to the teacher's.
+    # None: the student's backbone.
+    C.teacher_backbone = None
+    # 'rgb': the paper's RGB-only SegFormer; 'rgbx': a CMX dual-branch model of the student's
+    # architecture (e.g. a CMX baseline), fed RGB and the extra modality, whose fused stage features
+    # are the feature term's targets.
+    C.teacher_modality = 'rgb'
     C.decoder_embed_dim = 512
     C.drop_path_rate = 0.1
     C.bn_eps = 1e-3                  # decoder BatchNorm of the student (the official re-init)
     C.bn_momentum = 0.1
     # The official code builds the teacher's decoder without that re-init, so its BatchNorm keeps
-    # eps 1e-5; the released teacher gives the official outputs only with it.
+    # eps 1e-5; the released teacher gives the official outputs only with it. Used by every RGB
+    # teacher; an 'rgbx' teacher is a student-architecture model and uses bn_eps.
     C.teacher_bn_eps = 1e-5
 
     # Distillation (the official command line's values)

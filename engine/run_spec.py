@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from dataloader.dataset import RGBXDataset
-from models.builder import build_model
+from models.builder import build_model, build_teacher
 from models.distill import feature_term_on, kl_term_on
-from models.weight_layouts import load_checkpoint
+from models.teacher import check_teacher_checkpoint, load_teacher
 
 from . import run_dir as rd
 
@@ -53,6 +53,8 @@ class RunSpec:
                 f"teacher (pretrained/README.md) or train one with "
                 f"`bash train.sh {config_path} --mode teacher`; "
                 f"--distillation_alpha 0 --distillation_beta 0 trains the CMX baseline without a teacher.")
+        if self.teacher:
+            check_teacher_checkpoint(cfg, self.teacher_checkpoint(cfg))  # of the configured size and kind
 
     @staticmethod
     def teacher_checkpoint(cfg) -> str:
@@ -71,14 +73,13 @@ class RunSpec:
         return build_model(cfg, self.mode, distill=self.heads)
 
     def build_teacher(self, cfg, device: torch.device, load: bool = True):
-        """The frozen teacher on `device` (from cfg.teacher_checkpoint unless `load` is False), or
-        None for a run without one."""
+        """The frozen teacher of the configured backbone and modality on `device` (with the weights of
+        cfg.teacher_checkpoint unless `load` is False), or None for a run without one."""
         if not self.teacher:
             return None
-        teacher = build_model(cfg, 'teacher')
         if load:
-            load_checkpoint(teacher, self.teacher_checkpoint(cfg))
-        return teacher.eval().requires_grad_(False).to(device)
+            return load_teacher(cfg, self.teacher_checkpoint(cfg)).to(device)
+        return build_teacher(cfg).eval().requires_grad_(False).to(device)
 
     def dataset(self, cfg, split: str, transform=None) -> RGBXDataset:
         """A split of the config's dataset, with the extra modality only where the run uses it."""
