@@ -27,12 +27,16 @@ import cv2
 import numpy as np
 import torch
 
+from config import derive_niters_per_epoch
+
 from .transforms import EvalTransform, TrainTransform
 
 DEPTH_PNG_MAX_MM = 10000        # 16-bit single-channel files: 0..10 m -> 0..255
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 LISTED_PROBLEMS = 20            # how many offending files an error message lists
 DATA_HELP = "see README.md, section 'Data preparation'"
+# Config keys holding the number of items of each split (None: the split file's length).
+SIZE_KEYS = {'train': 'num_train_imgs', 'val': 'num_eval_imgs'}
 
 
 class DatasetError(ValueError):
@@ -68,6 +72,24 @@ def read_split(cfg, split):
         raise DatasetError(f"split file '{path}' is empty: expected one item per line, "
                            f"'NAME' or 'RGB/NAME.jpg Label/NAME.png'")
     return names
+
+
+def check_split_size(cfg, split, names, source):
+    """The split's size in the config (num_train_imgs / num_eval_imgs), where set, must be the number
+    of items the split file lists: the training epoch derives from it."""
+    key = SIZE_KEYS[split]
+    if cfg[key] is not None and cfg[key] != len(names):
+        raise DatasetError(f"config key '{key}' is {cfg[key]}, but split file '{source}' lists {len(names)} "
+                           f"items: set {key}={len(names)}, or None to take the split file's length")
+
+
+def take_split_size(cfg, split, names):
+    """Fills a split size the config leaves None with the split's, and then for the training split
+    the iterations per epoch that derive from it."""
+    key = SIZE_KEYS[split]
+    if cfg[key] is None:
+        cfg[key] = len(names)
+        derive_niters_per_epoch(cfg)
 
 
 def item_paths(cfg, name, with_extra=True):
@@ -173,16 +195,17 @@ def _check_item(cfg, paths):
 
 
 def check_dataset(cfg, split, workers=4, with_extra=True):
-    """Checks one split before training: the dataset folder and split file exist, every file the
-    split names exists and OpenCV decodes it, the three images of an item have the same size, and
-    label values are classes (0..C with gt_transform, where 0 is unlabeled; 0..C-1 without) or the
-    ignore value; without `with_extra`, the extra modality's files are not needed. Every file is
-    decoded once, by `workers` threads: about 3 s for the 795 training images of NYU Depth V2
-    (480x640), 0.1 s for 200 synthetic 120x160 scenes. Returns the split's names; raises one
-    DatasetError listing every problem found.
+    """Checks one split before training: the dataset folder and split file exist, the split's size in
+    the config (where set) is the file's, every file the split names exists and OpenCV decodes it,
+    the three images of an item have the same size, and label values are classes (0..C with
+    gt_transform, where 0 is unlabeled; 0..C-1 without) or the ignore value; without `with_extra`,
+    the extra modality's files are not needed. Every file is decoded once, by `workers` threads:
+    about 3 s for the 795 training images of NYU Depth V2 (480x640), 0.1 s for 200 synthetic 120x160
+    scenes. Returns the split's names; raises one DatasetError listing every problem found.
     """
     names = read_split(cfg, split)
     source = split_file(cfg, split)
+    check_split_size(cfg, split, names, source)
     all_paths = [item_paths(cfg, name, with_extra) for name in dict.fromkeys(names)]
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda paths: _check_item(cfg, paths), all_paths))
@@ -222,6 +245,7 @@ class RGBXDataset(torch.utils.data.Dataset):
         self.split = split
         self.with_extra = with_extra
         self.names = check_dataset(cfg, split, with_extra=with_extra)
+        take_split_size(cfg, split, self.names)
         if split == 'train':
             self.items = epoch_names(self.names, cfg.niters_per_epoch * cfg.batch_size, cfg.seed)
         else:

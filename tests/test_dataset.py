@@ -56,7 +56,8 @@ def make_dataset(root, count=5):
 
 def make_cfg(root, **overrides):
     settings = dict(dataset_path=str(root), rgb_format='.png', x_format='.png', image_height=HEIGHT,
-                    image_width=WIDTH, batch_size=4, niters_per_epoch=3, num_workers=0)
+                    image_width=WIDTH, batch_size=4, niters_per_epoch=3, num_workers=0, num_train_imgs=None,
+                    num_eval_imgs=None)
     settings.update(overrides)
     return load_config(os.path.join(REPO_ROOT, 'config', 'demo.py'), settings)
 
@@ -330,3 +331,24 @@ def test_same_batches_with_zero_and_two_workers(dataset_root):
         assert batch0['name'] == batch2['name']
         for key in ('rgb', 'extra', 'label'):
             assert torch.equal(batch0[key], batch2[key])
+
+
+@pytest.mark.parametrize('split, key, source', [('train', 'num_train_imgs', 'train.txt'),
+                                                ('val', 'num_eval_imgs', 'test.txt')])
+def test_split_size_in_the_config_must_be_the_split_files(dataset_root, split, key, source):
+    root, _ = dataset_root
+    with pytest.raises(DatasetError, match=f"config key '{key}' is 200, but split file "
+                                           f"'{os.path.join(str(root), source)}' lists 5 items: "
+                                           f"set {key}=5, or None to take the split file's length"):
+        RGBXDataset(make_cfg(root, **{key: 200}), split)
+
+
+def test_split_size_none_takes_the_split_files_and_the_epoch_derives_from_it(dataset_root):
+    root, _ = dataset_root
+    cfg = make_cfg(root, niters_per_epoch=None)
+    assert cfg.num_train_imgs is None and cfg.niters_per_epoch is None
+    dataset = RGBXDataset(cfg, 'train')
+    assert (cfg.num_train_imgs, cfg.niters_per_epoch, len(dataset)) == (5, 5 // 4 + 1, 8)
+    RGBXDataset(cfg, 'val')
+    assert cfg.num_eval_imgs == 5
+
