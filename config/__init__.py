@@ -185,10 +185,16 @@ def load_config(path, overrides=None):
                               f"known keys are listed in config/base.py")
         cfg.update(overrides)
         validate(cfg, source='--opts')
-    if cfg.niters_per_epoch is None:
-        cfg.niters_per_epoch = cfg.num_train_imgs // cfg.batch_size + 1
+    derive_niters_per_epoch(cfg)
     _resolve_paths(cfg)
     return cfg
+
+
+def derive_niters_per_epoch(cfg):
+    """niters_per_epoch None -> num_train_imgs // batch_size + 1, as the official code. While
+    num_train_imgs is None too, both wait for the training split to be read (dataloader/dataset.py)."""
+    if cfg.niters_per_epoch is None and cfg.num_train_imgs is not None:
+        cfg.niters_per_epoch = cfg.num_train_imgs // cfg.batch_size + 1
 
 
 def config_to_text(cfg):

@@ -17,6 +17,8 @@ NYU_CLASSES = [
 # Keys whose default is None ("derive it" or "not set") and the type they take when set.
 NULLABLE = {
     'niters_per_epoch': int,      # None: num_train_imgs // batch_size + 1, as the official code
+    'num_train_imgs': int,        # None: the training split file's length (set: it must be that length)
+    'num_eval_imgs': int,         # None: the evaluation split file's length (set: it must be that length)
     'pretrained_model': str,      # None: encoders start from random weights
     'teacher_checkpoint': str,    # None: no teacher (teacher training, CMX baseline)
     'teacher_backbone': str,      # None: the student's backbone
@@ -44,6 +46,7 @@ def base_config() -> EasyDict:
     C.gt_transform = True            # label - 1 with 0 (unlabeled) -> 255 (ignored)
     C.train_source = 'train.txt'     # relative to dataset_path
     C.eval_source = 'test.txt'
+    # The splits' lengths: checked against the split files, and the epoch derives from the first.
     C.num_train_imgs = 795
     C.num_eval_imgs = 654
     C.num_classes = 40

@@ -57,7 +57,7 @@ def rgb_only_dataset(tmp_path_factory):
 
 
 def test_teacher_data_never_touches_the_extra_modality(rgb_only_dataset):
-    cfg = load_config(DEMO_CONFIG, [f'dataset_path={rgb_only_dataset!r}'])
+    cfg = load_config(DEMO_CONFIG, [f'dataset_path={rgb_only_dataset!r}', 'num_train_imgs=8'])
     item = RunSpec.from_config(cfg, 'teacher').dataset(cfg, 'train')[0]
     assert set(item) == {'rgb', 'label', 'name'}
     with pytest.raises(DatasetError, match=r'HHA/0000\.png: does not exist'):
