@@ -17,6 +17,7 @@ NYU_CLASSES = [
 # Keys whose default is None ("derive it" or "not set") and the type they take when set.
 NULLABLE = {
     'niters_per_epoch': int,      # None: num_train_imgs // batch_size + 1, as the official code
+    'micro_batch_size': int,      # None: each process runs its share of the global batch at once
     'pretrained_model': str,      # None: encoders start from random weights
     'teacher_checkpoint': str,    # None: no teacher (teacher training, CMX baseline)
     'log_dir': str,               # None: log/<dataset_name>_<backbone>
@@ -85,6 +86,10 @@ def base_config() -> EasyDict:
     C.momentum = 0.9
     C.weight_decay = 0.01
     C.batch_size = 4                 # global batch, split across processes
+    # Images one process runs through the network at once; its share of batch_size is accumulated
+    # over several such micro-batches per optimizer step (gradient accumulation). The recipe (global
+    # batch, schedule) stays the same; BatchNorm sees the micro-batch. None: no accumulation.
+    C.micro_batch_size = None
     C.nepochs = 500
     C.niters_per_epoch = None
     C.num_workers = 16
