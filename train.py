@@ -87,10 +87,11 @@ def resolve_config(args, parser):
         parser.error(str(e))
 
 
-def describe_run(cfg, spec, dist_info, amp, run_dir) -> str:
+def describe_run(cfg, spec, dist_info, loader, amp, run_dir) -> str:
     """The first lines of train.log: what runs where, and the teacher's settings."""
     text = (f'{spec.mode} {cfg.backbone} on {cfg.dataset_name}: {dist_info.world_size} process(es) on '
-            f'{dist_info.device.type}, global batch {cfg.batch_size}, {cfg.niters_per_epoch} iterations/epoch, '
+            f'{dist_info.device.type}, global batch {cfg.batch_size} (per process {loader.accumulation} '
+            f'micro-batch(es) of {loader.loader.batch_size}), {cfg.niters_per_epoch} optimizer steps/epoch, '
             f'amp {amp}, run directory {run_dir}')
     if spec.teacher:
         text += (f'\nteacher {RunSpec.teacher_checkpoint(cfg)} ({teacher_backbone(cfg)}, {cfg.teacher_modality}); '
@@ -145,7 +146,7 @@ def main(args, parser):
     train_model = wrap_for_training(model, cfg, dist_info)
     if dist_info.is_main:
         save_config(cfg, rd.run_file(run_dir, rd.CONFIG_FILE))
-    logger.info(describe_run(cfg, spec, dist_info, amp, run_dir))
+    logger.info(describe_run(cfg, spec, dist_info, loader, amp, run_dir))
 
     for epoch in range(start_epoch, cfg.nepochs + 1):
         try:

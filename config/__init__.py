@@ -53,6 +53,7 @@ CHECKS = {
     'weight_decay': (_non_negative, 'a number >= 0'),
     'momentum': (_unit, 'a number in [0, 1]'),
     'batch_size': (_positive, 'a positive integer'),
+    'micro_batch_size': (_positive, 'a positive integer'),
     'nepochs': (_positive, 'a positive integer'),
     'niters_per_epoch': (_positive, 'a positive integer'),
     'warm_up_epoch': (_non_negative, 'an integer >= 0'),

@@ -19,6 +19,7 @@ NULLABLE = {
     'niters_per_epoch': int,      # None: num_train_imgs // batch_size + 1, as the official code
     'num_train_imgs': int,        # None: the training split file's length (set: it must be that length)
     'num_eval_imgs': int,         # None: the evaluation split file's length (set: it must be that length)
+    'micro_batch_size': int,      # None: each process runs its share of the global batch at once
     'pretrained_model': str,      # None: encoders start from random weights
     'teacher_checkpoint': str,    # None: no teacher (teacher training, CMX baseline)
     'teacher_backbone': str,      # None: the student's backbone
@@ -98,6 +99,10 @@ def base_config() -> EasyDict:
     C.momentum = 0.9
     C.weight_decay = 0.01
     C.batch_size = 4                 # global batch, split across processes
+    # Images one process runs through the network at once; its share of batch_size is accumulated
+    # over several such micro-batches per optimizer step (gradient accumulation). The recipe (global
+    # batch, schedule) stays the same; BatchNorm sees the micro-batch. None: no accumulation.
+    C.micro_batch_size = None
     C.nepochs = 500
     C.niters_per_epoch = None
     C.num_workers = 16

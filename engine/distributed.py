@@ -83,16 +83,21 @@ def average_batchnorm_buffers(model: torch.nn.Module) -> None:
     """Makes every process hold the mean BatchNorm running statistics.
 
     Plain BatchNorm (CPU runs have no SyncBatchNorm) updates its running mean and variance from each
-    process's own batches, so they drift apart; DDP only copies rank 0's buffers at the next forward.
-    Averaging before validation and saving gives every rank the same model, close to what
-    SyncBatchNorm would have computed."""
+    process's own batches, so they drift apart. Averaging before validation and saving gives every
+    rank the same model, close to what SyncBatchNorm would have computed. SyncBatchNorm layers are
+    equal on every rank already and are left alone."""
     if not is_dist():
         return
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+        if (isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+                and not isinstance(module, torch.nn.SyncBatchNorm)):
             for buffer in (module.running_mean, module.running_var):
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
                 buffer /= get_world_size()
+
+
+def uses_sync_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(module, torch.nn.SyncBatchNorm) for module in model.modules())
 
 
 def cleanup():

@@ -1,5 +1,6 @@
 """The training loop: one epoch of a teacher (cross-entropy) or a PrimKD student (CE + KL + feature
 term), and the steps that set a run up around it."""
+import contextlib
 import math
 import time
 
@@ -54,35 +55,47 @@ def batch_to_device(batch: dict, device, channels_last: bool):
     return rgb, extra, batch['label'].to(device, non_blocking=True)
 
 
+def gradient_sync(model, sync: bool):
+    """DDP's gradient all-reduce only on the last micro-batch of a step (a no-op context otherwise)."""
+    return contextlib.nullcontext() if sync or not hasattr(model, 'no_sync') else model.no_sync()
+
+
 def train_one_epoch(model, teacher, loader, optimizer, scheduler, scaler, cfg, epoch, device,
                     amp_dtype, logger):
-    """Runs one epoch of len(loader) iterations; returns the epoch means (over iterations and
-    processes) of the logged terms.
+    """Runs one epoch: len(loader) micro-batches, loader.accumulation of them per optimizer step;
+    returns the epoch means (over steps and processes) of the logged terms.
 
     Raises NonFiniteLossError (before the optimizer step) if a loss term is NaN or infinite."""
     model.train()
     loader.set_epoch(epoch)
-    niters = len(loader)
+    accumulation = loader.accumulation
+    niters = len(loader) // accumulation       # optimizer steps
     sums = {}
     bar = tqdm(total=niters, desc=f'epoch {epoch}/{cfg.nepochs}', dynamic_ncols=True,
                disable=not du.is_main_process(), leave=False)
-    start = time.perf_counter()
-    for idx, batch in enumerate(loader):
-        rgb, extra, label = batch_to_device(batch, device, cfg.channels_last)
-        teacher_out = teacher_forward(teacher, rgb, extra, amp_dtype) if teacher is not None else None
-        with autocast(device, amp_dtype):
-            out = model(rgb, extra)
-            loss, terms = compute_losses(out, teacher_out, label, cfg)
+    start, images = time.perf_counter(), 0
+    micro_batches = iter(loader)
+    for idx in range(niters):
+        optimizer.zero_grad(set_to_none=True)
+        step_values = 0
+        for micro in range(accumulation):
+            rgb, extra, label = batch_to_device(next(micro_batches), device, cfg.channels_last)
+            teacher_out = teacher_forward(teacher, rgb, extra, amp_dtype) if teacher is not None else None
+            with gradient_sync(model, sync=micro == accumulation - 1):
+                with autocast(device, amp_dtype):
+                    out = model(rgb, extra)
+                    loss, terms = compute_losses(out, teacher_out, label, cfg)
+                # The mean over the step's micro-batches: the gradient of the global batch.
+                scaler.scale(loss / accumulation).backward()
+            names = list(terms)
+            step_values = step_values + torch.stack([terms[n].detach().float() for n in names]) / accumulation
+            images += rgb.shape[0]
 
         # One small all-reduce and one host sync per step: every rank sees the mean terms, so a
         # non-finite value on any rank stops all of them at the same step instead of hanging DDP.
-        # The sync comes after the backward pass has been queued, so the GPU never waits for the
+        # The sync comes after the backward passes have been queued, so the GPU never waits for the
         # host between forward and backward; the check still precedes the optimizer step.
-        names = list(terms)
-        values = du.all_reduce_mean(torch.stack([terms[n].detach().float() for n in names]))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        step_terms = dict(zip(names, values.cpu().tolist()))
+        step_terms = dict(zip(names, du.all_reduce_mean(step_values).cpu().tolist()))
         iteration = (epoch - 1) * niters + idx
         bad = {n: v for n, v in step_terms.items() if not math.isfinite(v)}
         if bad:
@@ -97,7 +110,7 @@ def train_one_epoch(model, teacher, loader, optimizer, scheduler, scaler, cfg, e
         for n, v in step_terms.items():
             sums[n] = sums.get(n, 0.0) + v
         logger.scalars({**step_terms, 'lr': lr}, iteration, 'train')
-        images_per_s = (idx + 1) * rgb.shape[0] * du.get_world_size() / (time.perf_counter() - start)
+        images_per_s = images * du.get_world_size() / (time.perf_counter() - start)
         bar.set_postfix_str(' '.join(f'{n}={step_terms[n]:.3f}' for n in ('loss', 'ce', 'kl', 'feat')
                                      if n in step_terms) + f' lr={lr:.2e} img/s={images_per_s:.1f}')
         bar.update()
@@ -161,9 +174,11 @@ def wrap_for_training(model, cfg, dist_info):
     """DDP across processes, then torch.compile if asked (compile around DDP, as torch advises)."""
     if dist_info.distributed:
         # Every parameter takes part in every step (unselected reconstruct heads get zero
-        # gradients), so DDP needs no search for unused ones.
+        # gradients), so DDP needs no search for unused ones. SyncBatchNorm keeps the buffers equal
+        # on every rank, so DDP need not broadcast them before each forward.
         model = DistributedDataParallel(
-            model, device_ids=[dist_info.device.index] if dist_info.device.type == 'cuda' else None)
+            model, device_ids=[dist_info.device.index] if dist_info.device.type == 'cuda' else None,
+            broadcast_buffers=not du.uses_sync_batchnorm(model))
     return torch.compile(model) if cfg.compile else model
 
 

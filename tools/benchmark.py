@@ -179,6 +179,8 @@ class TimedBatches:
     """Stands in for the training loader: yields one batch `steps` times and records the time each
     step starts, after synchronising the device (so the previous step's kernels are finished)."""
 
+    accumulation = 1   # one batch per optimizer step
+
     def __init__(self, batch: dict, steps: int, device: torch.device):
         self.batch, self.steps, self.device = batch, steps, device
         self.stamps = []
