@@ -493,6 +493,12 @@ def versions():
             'git': git_version()}
 
 
+def grid_record(config, opts, seeds, teacher_file, out):
+    """What a grid was asked to run, for results.json."""
+    return {'config': repo_path(config), 'opts': opts, 'seeds': seeds,
+            'teacher_file': teacher_file and os.path.abspath(teacher_file), 'out': out}
+
+
 def write_report(cells, order, variants, reference, out, grid):
     """DIR/results.json and DIR/table.md from the finished cells; returns the Markdown."""
     summary, class_names = summarise(cells, order, reference)
@@ -582,8 +588,7 @@ def main(args, parser):
                                  args.teacher, variants)
     except GridError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
-    grid = {'config': repo_path(args.config), 'opts': args.opts, 'seeds': args.seeds,
-            'teacher_file': args.teacher and os.path.abspath(args.teacher), 'out': out}
+    grid = grid_record(args.config, args.opts, args.seeds, args.teacher, out)
 
     def report():
         return write_report(cells, order, variants, args.reference, out, grid)
