@@ -54,7 +54,7 @@ def test_teachers_run_before_their_students():
 
 
 def fake_cell(folder, variant, seed, miou, iou):
-    cell = ablate.Cell(variant, seed, str(folder / variant / f'seed{seed}'), 'student', None, [], [], {})
+    cell = ablate.Cell(variant, seed, str(folder / variant / f'seed{seed}'), 'student', [], [], {})
     os.makedirs(cell.folder)
     with open(cell.result_path, 'w') as f:
         json.dump({'miou': miou, 'pixel_acc': 0.5, 'iou': iou, 'class_names': ['a', 'b']}, f)
@@ -64,7 +64,7 @@ def fake_cell(folder, variant, seed, miou, iou):
 def test_summary_pairs_seeds_and_skips_undefined_classes(tmp_path):
     cells = [fake_cell(tmp_path, 'cmx', 1, 0.60, [0.5, 0.7]), fake_cell(tmp_path, 'cmx', 2, 0.62, [0.6, None]),
              fake_cell(tmp_path, 'primkd', 1, 0.58, [0.4, 0.8]), fake_cell(tmp_path, 'primkd', 2, 0.65, [0.5, 0.9])]
-    summary, class_names = ablate.summarise(cells, ['cmx', 'primkd'], 'cmx')
+    summary, class_names = ablate.summarise(ablate.read_results(cells), cells, ['cmx', 'primkd'], 'cmx')
     assert class_names == ['a', 'b']
     primkd = summary['primkd']
     assert primkd['miou']['seeds'] == {'1': pytest.approx(58), '2': pytest.approx(65)}

@@ -110,7 +110,6 @@ class Cell:
     seed: int
     folder: str             # the cell's log_dir
     mode: str
-    teacher_checkpoint: str  # None without a teacher
     train_command: list
     val_command: list
     spec: dict
@@ -239,6 +238,18 @@ def resolved_config(config, mode, flags, teacher, opts):
     return train.resolve_config(parser.parse_args(argv), parser)
 
 
+def teacher_of(variant, seed, cells, external):
+    """(checkpoint, identity for the spec) of a cell's teacher; (None, None) without one."""
+    if variant.teacher is None:
+        return None, None
+    if external is not None and variant.teacher == RGB_TEACHER:
+        return external['file'], external
+    taught_by = cells[variant.teacher, seed]
+    checkpoint = rd.checkpoint_path(rd.run_dir(taught_by.folder, taught_by.mode), rd.LAST)
+    return checkpoint, {'cell': f'{variant.teacher}/seed{seed}',
+                        'spec_sha256': spec_digest(what_counts(taught_by.spec))}
+
+
 def plan_cells(config, order, variants, seeds, out, opts, teacher_file=None):
     """Every cell of the grid, seed by seed in `order`, with its commands and spec."""
     external = None if teacher_file is None else {'file': os.path.abspath(teacher_file),
@@ -249,15 +260,7 @@ def plan_cells(config, order, variants, seeds, out, opts, teacher_file=None):
             variant = variants[name]
             folder = os.path.join(os.path.abspath(out), name, f'seed{seed}')
             cell_opts = [*opts, *variant.opts, f'seed={seed}', path_override('log_dir', repo_path(folder))]
-            if variant.teacher is None:
-                teacher_checkpoint, teacher = None, None
-            elif external is not None and variant.teacher == RGB_TEACHER:
-                teacher_checkpoint, teacher = external['file'], external
-            else:
-                taught_by = cells[variant.teacher, seed]
-                teacher_checkpoint = rd.checkpoint_path(rd.run_dir(taught_by.folder, taught_by.mode), rd.LAST)
-                teacher = {'cell': f'{variant.teacher}/seed{seed}',
-                           'spec_sha256': spec_digest(what_counts(taught_by.spec))}
+            teacher_checkpoint, teacher = teacher_of(variant, seed, cells, external)
             try:
                 cfg = resolved_config(os.path.abspath(config), variant.mode, list(variant.flags),
                                       teacher_checkpoint, cell_opts)
@@ -266,18 +269,16 @@ def plan_cells(config, order, variants, seeds, out, opts, teacher_file=None):
             if variant.mode == 'student' and teacher is None and (kl_term_on(cfg) or feature_term_on(cfg)):
                 raise GridError(f"variant '{name}' distils (distillation_alpha {cfg.distillation_alpha}, "
                                 f"distillation_beta {cfg.distillation_beta}) but names no teacher variant")
-            settings = {k: v for k, v in cfg.items() if k not in GRID_KEYS}
             spec = json.loads(json.dumps({
                 'config': repo_path(config), 'variant': name, 'mode': variant.mode,
-                'flags': list(variant.flags), 'opts': [*opts, *variant.opts], 'seed': seed,
-                'teacher': teacher, 'settings': settings}))
+                'flags': list(variant.flags), 'opts': [*opts, *variant.opts], 'seed': seed, 'teacher': teacher,
+                'settings': {k: v for k, v in cfg.items() if k not in GRID_KEYS}}))
             teacher_args = ['--teacher', repo_path(teacher_checkpoint)] if teacher_checkpoint else []
             train_command = ['bash', 'train.sh', repo_path(config), '--mode', variant.mode, *variant.flags,
                              *teacher_args, '--resume', 'auto', '--opts', *cell_opts]
             val_command = ['bash', 'val.sh', repo_path(config), '-e', rd.LAST, '--mode', variant.mode,
                            '--json', repo_path(os.path.join(folder, CELL_RESULT)), '--opts', *cell_opts]
-            cells[name, seed] = Cell(name, seed, folder, variant.mode, teacher_checkpoint, train_command,
-                                     val_command, spec)
+            cells[name, seed] = Cell(name, seed, folder, variant.mode, train_command, val_command, spec)
     return list(cells.values())
 
 
@@ -416,9 +417,8 @@ def seed_statistics(per_seed):
             'sd': statistics.stdev(values) if len(values) > 1 else None}
 
 
-def summarise(cells, order, reference):
-    """Every figure of the comparison, in percent."""
-    results = read_results(cells)
+def summarise(results, cells, order, reference):
+    """Every figure of the comparison, in percent, from read_results(cells)."""
     seeds = list(dict.fromkeys(cell.seed for cell in cells))
     class_names = next(iter(results.values()))['class_names'] if results else []
     reference_results = {s: results[reference, s] for s in seeds if (reference, s) in results}
@@ -501,9 +501,9 @@ def grid_record(config, opts, seeds, teacher_file, out):
 
 def write_report(cells, order, variants, reference, out, grid):
     """DIR/results.json and DIR/table.md from the finished cells; returns the Markdown."""
-    summary, class_names = summarise(cells, order, reference)
-    table = markdown_tables(summary, class_names, order, variants, reference, grid['seeds'], grid['config'])
     results = read_results(cells)
+    summary, class_names = summarise(results, cells, order, reference)
+    table = markdown_tables(summary, class_names, order, variants, reference, grid['seeds'], grid['config'])
     record = {**grid, 'reference': reference, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'versions': versions(), 'units': 'mIoU, IoU and pixel accuracy in percent',
               'class_names': class_names,
