@@ -185,3 +185,18 @@ def test_a_variants_file_adds_variants(tmp_path):
     path.write_text(json.dumps({'cmx': {}}))
     with pytest.raises(ablate.GridError, match="variant 'cmx': the name is built in"):
         ablate.load_variants_file(str(path))
+
+
+def test_files_that_are_no_cell_are_never_reused(dataset, tmp_path, capsys):
+    stray = tmp_path / 'grid' / 'cmx' / 'seed1'
+    stray.mkdir(parents=True)
+    (stray / 'notes.txt').write_text('not a cell')
+    parser = ablate.get_args_parser()
+    argv = ['-c', DEMO_CONFIG, '--variants', 'cmx', '--seeds', '1', '--out', str(tmp_path / 'grid'),
+            '--opts', *grid_opts(dataset)]
+    with pytest.raises(SystemExit) as exit_info:
+        ablate.main(parser.parse_args(argv), parser)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cell cmx seed 1: '{stray}' holds files but no cell.json" in err and err.count('\n') == 1
+    assert os.listdir(tmp_path / 'grid') == ['cmx'] and os.listdir(stray) == ['notes.txt']
