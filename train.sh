@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bash train.sh [CONFIG] [train.py arguments...]
 #   CONFIG defaults to config/nyu_b4.py. One process per visible GPU (torchrun), or one CPU process.
-#   bash train.sh config/demo.py   runs the demo: synthetic data, teacher, student, evaluation.
+#   bash train.sh config/demo.py   runs the demo: synthetic data, RGB teacher, CMX baseline, PrimKD student.
 #   NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT: multi-node runs; --port=N sets MASTER_PORT.
 set -eo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/tools/setup_env.sh"

@@ -59,13 +59,13 @@ class RunSpec:
     @staticmethod
     def teacher_checkpoint(cfg) -> str:
         """The teacher's checkpoint file: cfg.teacher_checkpoint itself, or for a teacher's run
-        directory its best checkpoint, else its last ('' where there is none)."""
+        directory (or the log_dir above it) its last checkpoint: the trained teacher, never one
+        selected on the validation split, which is the test split of NYU and SUN-RGBD."""
         path = str(cfg.teacher_checkpoint or '')
         if os.path.isdir(path):
-            try:
-                return rd.model_checkpoint(path, 'teacher')
-            except ValueError:
-                return ''
+            for directory in (path, rd.run_dir(path, 'teacher')):
+                if os.path.isfile(rd.checkpoint_path(directory, rd.LAST)):
+                    return rd.checkpoint_path(directory, rd.LAST)
         return path
 
     def build_model(self, cfg):
