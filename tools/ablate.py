@@ -221,10 +221,6 @@ def file_sha256(path):
         return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
-def spec_digest(spec):
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
 def resolved_config(config, mode, flags, teacher, opts):
     """The config train.py runs with these arguments (its own parser and resolution); GridError for
     anything train.py would reject."""
@@ -246,8 +242,8 @@ def teacher_of(variant, seed, cells, external):
         return external['file'], external
     taught_by = cells[variant.teacher, seed]
     checkpoint = rd.checkpoint_path(rd.run_dir(taught_by.folder, taught_by.mode), rd.LAST)
-    return checkpoint, {'cell': f'{variant.teacher}/seed{seed}',
-                        'spec_sha256': spec_digest(what_counts(taught_by.spec))}
+    # The teacher cell is checked as a cell of its own; a change there reruns this cell too (check_cells).
+    return checkpoint, {'cell': taught_by.name}
 
 
 def plan_cells(config, order, variants, seeds, out, opts, teacher_file=None):
@@ -292,14 +288,21 @@ def flatten(value, prefix=''):
     return flat
 
 
-def what_counts(spec):
-    """A spec without the text of its --opts: their effect is in the resolved settings."""
-    return {key: value for key, value in spec.items() if key != 'opts'}
+def what_counts(spec, other):
+    """A spec without the text of its --opts (their effect is in the resolved settings), and without
+    the settings `other` lacks: a config key added to the project after a cell was run did not exist
+    for that run, so it cannot have been set differently."""
+    settings = {key: value for key, value in spec['settings'].items() if key in other['settings']}
+    return {**{key: value for key, value in spec.items() if key != 'opts'}, 'settings': settings}
+
+
+def same_spec(recorded, current):
+    return what_counts(recorded, current) == what_counts(current, recorded)
 
 
 def spec_difference(recorded, current):
     """The settings that differ, as 'key old -> new', at most three."""
-    old, new = flatten(what_counts(recorded)), flatten(what_counts(current))
+    old, new = flatten(what_counts(recorded, current)), flatten(what_counts(current, recorded))
     keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, '(unset)') != new.get(k, '(unset)')]
     said = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys[:3]]
     return ', '.join(said) + (f' and {len(keys) - 3} more' if len(keys) > 3 else '')
@@ -312,7 +315,7 @@ def cell_state(cell):
     if os.path.isfile(spec_path):
         with open(spec_path) as f:
             recorded = json.load(f)
-        if what_counts(recorded) != what_counts(cell.spec):
+        if not same_spec(recorded, cell.spec):
             return 'changed', recorded
         return ('finished' if os.path.isfile(cell.result_path) else 'unfinished'), recorded
     if os.path.isdir(cell.folder) and os.listdir(cell.folder):
@@ -328,8 +331,12 @@ def check_cells(cells, rerun_changed):
         if state == 'foreign':
             raise GridError(f"cell {cell.name}: '{cell.folder}' holds files but no {CELL_SPEC}; move them "
                             f"away or choose another --out")
+        teacher = (cell.spec.get('teacher') or {}).get('cell')
         if state == 'changed':
             changed.append((cell, spec_difference(recorded, cell.spec)))
+        elif state != 'new' and states.get(teacher) == 'changed':
+            state = 'changed'   # its teacher is run again, so is it
+            changed.append((cell, f'its teacher {teacher} changed'))
         states[cell.name] = state
     if changed and not rerun_changed:
         cell, difference = changed[0]
