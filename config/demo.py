@@ -20,7 +20,7 @@ config.channel_order = 'rgb'
 
 config.backbone = 'mit_b0'
 config.pretrained_model = None          # no ImageNet weights: everything starts from scratch
-config.teacher_checkpoint = 'log/demo/teacher'   # the teacher run's last checkpoint (not best: validation is the test split)
+config.teacher_checkpoint = 'log/demo/teacher'   # the teacher run's last checkpoint (validation = test here)
 config.decoder_embed_dim = 128
 config.drop_path_rate = 0.0
 
