@@ -30,10 +30,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-# Run as `python tools/depth2hha.py`: make the repository's packages importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.hha import NYU_CAMERA, depth_to_hha
+from utils.io import atomic_write
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 PNG_GREY = 0

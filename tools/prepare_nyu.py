@@ -31,10 +31,8 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.hha import NYU_CAMERA, depth_to_hha
+from utils.io import atomic_write
 
 ARRAYS = ('images', 'depths', 'rawDepths', 'labels')
 FOLDERS = {'RGB': '.jpg', 'Depth': '.png', 'HHA': '.jpg', 'Label': '.png'}
