@@ -60,21 +60,33 @@ primkd_config() {
     fi
 }
 
-# primkd_launch SCRIPT [ARGS...]: one process on a machine without GPUs, otherwise torchrun with one
-# process per visible GPU (CUDA_VISIBLE_DEVICES). NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT
-# describe a multi-node run (the same command on every node).
+# primkd_launch SCRIPT [ARGS...]: one process per GPU that torch sees (CUDA_VISIBLE_DEVICES chooses
+# them), or one CPU process on a machine without GPUs; the script itself for one process, torchrun for
+# more. A GPU machine whose GPUs torch cannot use stops here, before any work (engine/devices.py says
+# why). One node takes a free rendezvous port (torchrun --standalone), so runs side by side do not
+# collide, unless MASTER_PORT asks for one. Several nodes (NNODES, NODE_RANK: the same command on
+# each) meet at MASTER_ADDR, the address of node 0, on MASTER_PORT (default 29500).
 primkd_launch() {
     local script="$1"; shift
-    local ngpu nnodes="${NNODES:-1}"
-    if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
-        ngpu=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c '[0-9]' || true)
-    else
-        ngpu=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+    local nnodes="${NNODES:-1}" ngpu rendezvous
+    if ! [[ "$nnodes" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: NNODES=$nnodes: expected the number of nodes, a positive integer" >&2
+        exit 2
     fi
-    if [ "$ngpu" -eq 0 ] && [ "$nnodes" -eq 1 ]; then
+    if [ "$nnodes" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+        echo "error: NNODES=$nnodes needs MASTER_ADDR, the address of the node with NODE_RANK=0, on every node" >&2
+        exit 2
+    fi
+    ngpu=$("$PYTHON" -m engine.devices "$@") || exit 2
+    if [ "$nnodes" -eq 1 ] && [ "$ngpu" -le 1 ]; then
         exec "$PYTHON" "$script" "$@"
     fi
-    exec "$PYTHON" -m torch.distributed.run --nnodes="$nnodes" --node_rank="${NODE_RANK:-0}" \
-        --nproc_per_node="$(( ngpu > 0 ? ngpu : 1 ))" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
-        --master_port="${MASTER_PORT:-29500}" "$script" "$@"
+    if [ "$nnodes" -eq 1 ] && [ -z "${MASTER_PORT:-}" ]; then
+        rendezvous=(--standalone)
+    else
+        rendezvous=(--nnodes="$nnodes" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
+                    --master_port="${MASTER_PORT:-29500}")
+    fi
+    exec "$PYTHON" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node="$(( ngpu > 0 ? ngpu : 1 ))" \
+        "$script" "$@"
 }
