@@ -35,11 +35,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-# Run as `python tools/depth2hha.py`: make the repository's packages importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.conversion import DEPTH_ENCODINGS, InputError, read_depth_png  # noqa: E402
-from utils.hha import NYU_CAMERA, NYU_IMAGE_SIZE, check_camera, depth_to_hha  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.conversion import DEPTH_ENCODINGS, InputError, read_depth_png
+from utils.hha import NYU_CAMERA, NYU_IMAGE_SIZE, check_camera, depth_to_hha
+from utils.io import atomic_write
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 PNG_GREY = 0

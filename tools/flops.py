@@ -18,16 +18,12 @@ attention kernels (on the CPU, `aten._scaled_dot_product_flash_attention_for_cpu
 attention products are not silently counted as zero.
 """
 import argparse
-import os
-import sys
 
 import torch
 
-# Run as `python tools/flops.py`: make the repository's packages importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import add_config_args, config_from_args  # noqa: E402
-from models import build_model, build_teacher, teacher_backbone  # noqa: E402
-from utils.flops import count_macs, count_parameters  # noqa: E402
+from config import add_config_args, config_from_args
+from models import build_model, build_teacher, teacher_backbone
+from utils.flops import count_macs, count_parameters
 
 
 def main(argv=None):

@@ -28,11 +28,8 @@ import cv2
 import h5py
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.conversion import (InputError, load_mat_variable, run_parallel, unfinished,  # noqa: E402
-                              write_image, write_split)
-from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
+from utils.conversion import InputError, load_mat_variable, run_parallel, unfinished, write_image, write_split
+from utils.hha import NYU_CAMERA, depth_to_hha
 
 ARRAYS = ('images', 'depths', 'rawDepths', 'labels')
 FOLDERS = {'RGB': '.jpg', 'Depth': '.png', 'HHA': '.jpg', 'Label': '.png'}
