@@ -60,6 +60,7 @@ from dataloader.dataset import DatasetError
 from dataloader.loader import build_train_loader
 from dataloader.transforms import TrainTransform
 from engine.amp import autocast, unsupported_amp
+from engine.devices import DeviceError, gpu_count
 from engine.distributed import DistInfo
 from engine.evaluator import predict_probabilities
 from engine.logger import RunLogger
@@ -142,10 +143,10 @@ def get_args_parser():
 
 def check_args(args, parser, cfg):
     """Every user error, before any work."""
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda: CUDA is not available on this machine')
-    device = torch.device('cuda' if args.device == 'cuda' or (args.device == 'auto'
-                                                               and torch.cuda.is_available()) else 'cpu')
+    try:  # the same GPU check as train.py: a GPU torch cannot use is an error, not a CPU run
+        device = torch.device('cuda' if gpu_count(args.device) else 'cpu')
+    except DeviceError as e:
+        parser.error(str(e))
     batch = cfg.batch_size if args.batch is None else args.batch
     height, width = args.size or (cfg.image_height, cfg.image_width)
     if batch < 1:
