@@ -11,24 +11,23 @@ import os
 import sys
 
 import torch
-from easydict import EasyDict
-from torch.nn.parallel import DistributedDataParallel
 
 from config import ConfigError, add_config_args, load_config, parse_overrides, save_config
-from dataloader.dataset import DatasetError, RGBXDataset
+from dataloader.dataset import DatasetError
 from dataloader.loader import build_train_loader
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
-from engine.amp import AMP_DTYPES, resolve_amp
 from engine import run_dir as rd
-from engine.rng import all_rng_states, resumable_rng_state, seed_everything, set_rng_state
-from engine.evaluator import evaluate
+from engine.amp import AMP_DTYPES, resolve_amp
 from engine.logger import RunLogger
-from engine.optim import build_optimizer, build_scheduler, load_optimizer_state
-from engine.trainer import NonFiniteLossError, train_one_epoch
-from models.builder import build_model
-from models.weight_layouts import CheckpointError, load_checkpoint, load_imagenet_encoder
-from models.distill import feature_term_on, kl_term_on
+from engine.optim import build_optimizer, build_scheduler
+from engine.rng import all_rng_states, seed_everything
+from engine.run_spec import RunSpec
+from engine.trainer import (NonFiniteLossError, load_start_weights, prepare_model, restore_training_state,
+                            train_one_epoch, validate, wrap_for_training)
+from models.builder import teacher_backbone
+from models.distill import kl_term_on
+from models.weight_layouts import CheckpointError
 
 # Official flags -> config keys. Their defaults live in the config (the paper's command line).
 DISTILLATION_FLAGS = ('distillation_alpha', 'distillation_beta', 'distillation_flag',
@@ -88,34 +87,18 @@ def resolve_config(args, parser):
         parser.error(str(e))
 
 
-def check_inputs(cfg, role, resume_path, config_path):
-    """Files the run needs, checked before any work, with what to do about each."""
-    if cfg.pretrained_model and not resume_path and not os.path.isfile(cfg.pretrained_model):
-        raise FileNotFoundError(
-            f"ImageNet encoder weights '{cfg.pretrained_model}' not found (config key pretrained_model). "
-            f"Download the SegFormer mit_b*.pth files into pretrained/segformer/ (see pretrained/README.md), "
-            f"or train from scratch with --no-pretrained.")
-    if role == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
-        if not cfg.teacher_checkpoint or not os.path.isfile(str(cfg.teacher_checkpoint)):
-            raise FileNotFoundError(
-                f"teacher checkpoint '{cfg.teacher_checkpoint}' not found (config key teacher_checkpoint, "
-                f"or --teacher PATH). Get the released teacher (pretrained/README.md) or train one with "
-                f"`bash train.sh {config_path} --mode teacher`; "
-                f"--distillation_alpha 0 --distillation_beta 0 trains the CMX baseline without a teacher.")
-
-
-def resume_conflicts(saved_cfg, cfg):
-    """Settings that shape the trained parameters or the optimizer state and differ from those of
-    the run a checkpoint comes from (its weights load, but its optimizer state cannot)."""
-    saved = EasyDict(saved_cfg)
-    conflicts = [f'{key} {saved[key]!r} -> {cfg[key]!r}' for key in ('optimizer',) if saved[key] != cfg[key]]
-    if feature_term_on(saved) != feature_term_on(cfg):
-        conflicts.append('the feature term (distillation_beta, select) is '
-                         + ('off' if feature_term_on(saved) else 'on') + ' now')
-    elif feature_term_on(cfg):
-        conflicts += [f'{key} {saved[key]!r} -> {cfg[key]!r}' for key in ('losses', 'mask_single')
-                      if saved[key] != cfg[key]]
-    return conflicts
+def describe_run(cfg, spec, dist_info, loader, amp, run_dir) -> str:
+    """The first lines of train.log: what runs where, and the teacher's settings."""
+    text = (f'{spec.mode} {cfg.backbone} on {cfg.dataset_name}: {dist_info.world_size} process(es) on '
+            f'{dist_info.device.type}, global batch {cfg.batch_size} (per process {loader.accumulation} '
+            f'micro-batch(es) of {loader.loader.batch_size}), {cfg.niters_per_epoch} optimizer steps/epoch, '
+            f'amp {amp}, run directory {run_dir}')
+    if spec.teacher:
+        text += (f'\nteacher {RunSpec.teacher_checkpoint(cfg)} ({teacher_backbone(cfg)}, {cfg.teacher_modality}); '
+                 f'alpha {cfg.distillation_alpha} '
+                 f'(KL {"on" if kl_term_on(cfg) else "off"}, flag {cfg.distillation_flag}), '
+                 f'beta {cfg.distillation_beta} ({cfg.mask_single}, {cfg.select} of {cfg.losses})')
+    return text
 
 
 def main(args, parser):
@@ -127,39 +110,21 @@ def main(args, parser):
         dist_info = du.init_distributed(args.device)
     except ValueError as e:
         parser.error(str(e))
-    device, role = dist_info.device, args.mode
-    run_dir = rd.run_dir(cfg.log_dir, role)
+    device, spec = dist_info.device, RunSpec.from_config(cfg, args.mode)
+    run_dir = rd.run_dir(cfg.log_dir, spec.mode)
     logger = RunLogger(run_dir, enabled=dist_info.is_main)
     try:
         amp = resolve_amp(cfg.amp, device)
-        amp_dtype = AMP_DTYPES[amp]
         resume_path = rd.resume_path(args.resume, run_dir, log=logger.info)
-        check_inputs(cfg, role, resume_path, args.config)
+        spec.check_inputs(cfg, resuming=resume_path is not None, config_path=args.config)
         if resume_path is None:
             rd.refuse_overwrite(run_dir)
-        # Same seed on every rank while the networks are built, so their initial weights agree.
-        seed_everything(cfg.seed)
-        loader = build_train_loader(cfg, dist_info)
-        val_dataset = RGBXDataset(cfg, 'val', EvalTransform(cfg))
-        model = build_model(cfg, role, distill=role == 'student' and feature_term_on(cfg))
-        resume = None
-        if resume_path:
-            resume = rd.read_training_checkpoint(resume_path)
-            conflicts = resume_conflicts(resume['config'], cfg)
-            if conflicts:
-                raise CheckpointError(f"--resume '{resume_path}': this run changes {', '.join(conflicts)}; "
-                                      f"resume with the checkpoint's settings (its config.py)")
-            try:
-                load_checkpoint(model, resume)
-            except CheckpointError as e:
-                raise CheckpointError(f"--resume '{resume_path}' does not fit this config: {e}") from e
-        elif cfg.pretrained_model:
-            load_imagenet_encoder(model, cfg.pretrained_model)
-        teacher = None
-        if role == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
-            teacher = build_model(cfg, 'teacher')
-            load_checkpoint(teacher, cfg.teacher_checkpoint)
-            teacher.eval().requires_grad_(False).to(device)
+        seed_everything(cfg.seed)  # the same on every rank while the networks are built: equal weights
+        loader = build_train_loader(cfg, dist_info, spec.dataset(cfg, 'train'))
+        val_dataset = spec.dataset(cfg, 'val', EvalTransform(cfg))
+        model = spec.build_model(cfg)
+        resume = load_start_weights(model, cfg, resume_path)
+        teacher = spec.build_teacher(cfg, device)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError) as e:
         logger.close()
         du.cleanup()
@@ -167,60 +132,26 @@ def main(args, parser):
             parser.exit(2, f'{parser.prog}: error: {e}\n')
         sys.exit(2)
 
-    if dist_info.distributed and device.type == 'cuda':
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = prepare_model(model, cfg, dist_info)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-
+    scaler = torch.amp.GradScaler(device.type, enabled=AMP_DTYPES[amp] is torch.float16)
     start_epoch, best_miou = 1, 0.0
     if resume:
-        load_optimizer_state(optimizer, resume['optimizer'])
-        scheduler.load_state_dict(resume['scheduler'])
-        if resume['scaler']:  # empty when the run did not use fp16
-            scaler.load_state_dict(resume['scaler'])
-        start_epoch, best_miou = resume['epoch'] + 1, resume['best_miou']
-        rng = resumable_rng_state(resume['rng'], dist_info.rank, dist_info.world_size, device)
-        if rng is not None:
-            set_rng_state(rng, device)
-        else:
-            seed_everything(cfg.seed + dist_info.rank + 1000 * start_epoch)
-            saved_on = 'GPU' if 'cuda' in resume['rng'][0] else 'CPU'
-            logger.info(f"the checkpoint comes from {len(resume['rng'])} {saved_on} process(es), this "
-                        f'run has {dist_info.world_size} on {device.type}: training randomness is '
-                        f'reseeded, not continued')
+        start_epoch, best_miou = restore_training_state(resume, optimizer, scheduler, scaler, cfg, dist_info,
+                                                        logger)
         logger.info(f'resumed from {resume_path} (epoch {resume["epoch"]}, best mIoU {best_miou:.4f})')
     else:
-        # Training randomness (dropout, drop-path, masks) differs between ranks.
-        seed_everything(cfg.seed + dist_info.rank)
-
-    train_model = model
-    if dist_info.distributed:
-        # Every parameter takes part in every step (unselected reconstruct heads get zero
-        # gradients), so DDP needs no search for unused ones.
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-
+        seed_everything(cfg.seed + dist_info.rank)  # training randomness (drop-path, masks) differs by rank
+    train_model = wrap_for_training(model, cfg, dist_info)
     if dist_info.is_main:
         save_config(cfg, rd.run_file(run_dir, rd.CONFIG_FILE))
-    logger.info(f'{role} {cfg.backbone} on {cfg.dataset_name}: {dist_info.world_size} process(es) on '
-                f'{device.type}, global batch {cfg.batch_size}, {cfg.niters_per_epoch} iterations/epoch, '
-                f'amp {amp}, run directory {run_dir}')
-    if teacher is not None:
-        logger.info(f'teacher {cfg.teacher_checkpoint}; alpha {cfg.distillation_alpha} '
-                    f'(KL {"on" if kl_term_on(cfg) else "off"}, flag {cfg.distillation_flag}), '
-                    f'beta {cfg.distillation_beta} ({cfg.mask_single}, {cfg.select} of {cfg.losses})')
+    logger.info(describe_run(cfg, spec, dist_info, loader, amp, run_dir))
 
     for epoch in range(start_epoch, cfg.nepochs + 1):
         try:
-            means = train_one_epoch(train_model, teacher, loader, optimizer, scheduler, scaler, cfg,
-                                    epoch, device, amp_dtype, logger, role)
+            means = train_one_epoch(train_model, teacher, loader, optimizer, scheduler, scaler, cfg, epoch,
+                                    device, AMP_DTYPES[amp], logger)
         except NonFiniteLossError as e:
             logger.info(f'stopping: {e}; the last good checkpoint is kept')
             logger.close()
@@ -230,22 +161,14 @@ def main(args, parser):
         record = {'epoch': epoch, **{k: round(v, 8) for k, v in means.items()}}
         logger.info(f'epoch {epoch}/{cfg.nepochs} ' + ' '.join(f'{k}={v:.4f}' for k, v in means.items()))
         if epoch % cfg.eval_step == 0 or epoch == cfg.nepochs:
-            metrics = evaluate(model, cfg, dist_info, role, mode=cfg.eval_mode, amp=amp, progress=False,
-                               dataset=val_dataset)
-            record['miou'] = metrics['miou']
-            logger.scalars({'miou': metrics['miou'], 'pixel_acc': metrics['pixel_acc']}, epoch, 'val')
-            logger.scalars({name: iou for name, iou in zip(cfg.class_names, metrics['iou'])
-                            if iou == iou}, epoch, 'val_iou')
-            logger.info(f'epoch {epoch}: validation mIoU {metrics["miou"]:.4f} '
-                        f'(best {max(best_miou, metrics["miou"]):.4f})')
+            record['miou'] = validate(model, cfg, dist_info, val_dataset, amp, epoch, best_miou, logger)
         logger.epoch_record(record)
-        iteration = epoch * cfg.niters_per_epoch
         improved = record.get('miou', -1.0) > best_miou
         best_miou = max(best_miou, record.get('miou', best_miou))
         rng_states = all_rng_states(device)
         if dist_info.is_main:
-            state = rd.training_state(role=role, model=model, optimizer=optimizer, scheduler=scheduler,
-                                      scaler=scaler, cfg=cfg, epoch=epoch, iteration=iteration,
+            state = rd.training_state(role=spec.mode, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      scaler=scaler, cfg=cfg, epoch=epoch, iteration=epoch * cfg.niters_per_epoch,
                                       best_miou=best_miou, rng_states=rng_states)
             rd.save_checkpoints(run_dir, state, rd.checkpoints_to_write(epoch, improved, cfg))
         du.barrier()

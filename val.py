@@ -24,14 +24,14 @@ import sys
 import time
 
 from config import ConfigError, add_config_args, config_from_args
-from dataloader.dataset import DatasetError, RGBXDataset
+from dataloader.dataset import DatasetError
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
 from engine import run_dir as rd
 from engine.amp import resolve_amp
 from engine.evaluator import evaluate
 from engine.inference import add_prediction_args
-from models.builder import build_model
+from engine.run_spec import RunSpec
 from models.weight_layouts import CheckpointError, load_checkpoint
 from utils.io import check_output_file, write_json
 from utils.metrics import format_metrics_table
@@ -123,7 +123,7 @@ def main(args, parser):
         dist_info = du.init_distributed(args.device)
     except ValueError as e:
         parser.error(str(e))
-    role = args.mode
+    role, spec = args.mode, RunSpec.for_evaluation(args.mode)
 
     def fail(message):
         """One line on the main process and exit status 2 on every process, before any image."""
@@ -151,10 +151,10 @@ def main(args, parser):
     except ValueError as e:
         fail(str(e))
     try:
-        dataset = RGBXDataset(cfg, 'val', EvalTransform(cfg))
+        dataset = spec.dataset(cfg, 'val', EvalTransform(cfg))
     except DatasetError as e:
         fail(str(e))
-    model = build_model(cfg, role)
+    model = spec.build_model(cfg)
     try:
         for path in checkpoints:
             load_checkpoint(model, path, mmap=True)
@@ -181,9 +181,8 @@ def main(args, parser):
         if path != loaded:
             load_checkpoint(model, path, mmap=True)
             loaded = path
-        result = evaluate(model, cfg, dist_info, role, mode=mode, scales=scales, flip=flip,
-                          save_path=prediction_dir, amp=args.amp, side_by_side=args.side_by_side,
-                          dataset=dataset)
+        result = evaluate(model, cfg, dist_info, dataset, mode=mode, scales=scales, flip=flip,
+                          save_path=prediction_dir, amp=args.amp, side_by_side=args.side_by_side)
         results.append((path, result))
         if dist_info.is_main:
             settings = {'checkpoint': path, 'role': role, 'config': os.path.abspath(args.config),

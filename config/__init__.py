@@ -53,6 +53,7 @@ CHECKS = {
     'weight_decay': (_non_negative, 'a number >= 0'),
     'momentum': (_unit, 'a number in [0, 1]'),
     'batch_size': (_positive, 'a positive integer'),
+    'micro_batch_size': (_positive, 'a positive integer'),
     'nepochs': (_positive, 'a positive integer'),
     'niters_per_epoch': (_positive, 'a positive integer'),
     'warm_up_epoch': (_non_negative, 'an integer >= 0'),
@@ -85,7 +86,8 @@ CHECKS = {
     'losses': (lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(STAGE_LOSSES),
                f'a non-empty list of distinct names from {STAGE_LOSSES}'),
     'backbone': _one_of(*MIT_SIZES),
-    'decoder': _one_of('MLPDecoder'),
+    'teacher_backbone': _one_of(*MIT_SIZES),
+    'teacher_modality': _one_of('rgb', 'rgbx'),
     'optimizer': _one_of('AdamW', 'SGDM'),
     'select': _one_of('max', 'min', 'none'),
     'mask_single': _one_of('hint', 'mask_hint'),
@@ -184,10 +186,16 @@ def load_config(path, overrides=None):
                               f"known keys are listed in config/base.py")
         cfg.update(overrides)
         validate(cfg, source='--opts')
-    if cfg.niters_per_epoch is None:
-        cfg.niters_per_epoch = cfg.num_train_imgs // cfg.batch_size + 1
+    derive_niters_per_epoch(cfg)
     _resolve_paths(cfg)
     return cfg
+
+
+def derive_niters_per_epoch(cfg):
+    """niters_per_epoch None -> num_train_imgs // batch_size + 1, as the official code. While
+    num_train_imgs is None too, both wait for the training split to be read (dataloader/dataset.py)."""
+    if cfg.niters_per_epoch is None and cfg.num_train_imgs is not None:
+        cfg.niters_per_epoch = cfg.num_train_imgs // cfg.batch_size + 1
 
 
 def config_to_text(cfg):

@@ -17,8 +17,12 @@ NYU_CLASSES = [
 # Keys whose default is None ("derive it" or "not set") and the type they take when set.
 NULLABLE = {
     'niters_per_epoch': int,      # None: num_train_imgs // batch_size + 1, as the official code
+    'num_train_imgs': int,        # None: the training split file's length (set: it must be that length)
+    'num_eval_imgs': int,         # None: the evaluation split file's length (set: it must be that length)
+    'micro_batch_size': int,      # None: each process runs its share of the global batch at once
     'pretrained_model': str,      # None: encoders start from random weights
     'teacher_checkpoint': str,    # None: no teacher (teacher training, CMX baseline)
+    'teacher_backbone': str,      # None: the student's backbone
     'log_dir': str,               # None: log/<dataset_name>_<backbone>
 }
 
@@ -43,6 +47,7 @@ def base_config() -> EasyDict:
     C.gt_transform = True            # label - 1 with 0 (unlabeled) -> 255 (ignored)
     C.train_source = 'train.txt'     # relative to dataset_path
     C.eval_source = 'test.txt'
+    # The splits' lengths: checked against the split files, and the epoch derives from the first.
     C.num_train_imgs = 795
     C.num_eval_imgs = 654
     C.num_classes = 40
@@ -60,13 +65,21 @@ def base_config() -> EasyDict:
     C.backbone = 'mit_b4'
     C.pretrained_model = 'pretrained/segformer/mit_b4.pth'
     C.teacher_checkpoint = 'pretrained/pre/nyu-rgb.pth'
-    C.decoder = 'MLPDecoder'
+    # The teacher that guides the student (the model in teacher_checkpoint). Its MiT size may differ
+    # from the student's: the reconstruct heads map the student's stage widths to the teacher's.
+    # None: the student's backbone.
+    C.teacher_backbone = None
+    # 'rgb': the paper's RGB-only SegFormer; 'rgbx': a CMX dual-branch model of the student's
+    # architecture (e.g. a CMX baseline), fed RGB and the extra modality, whose fused stage features
+    # are the feature term's targets.
+    C.teacher_modality = 'rgb'
     C.decoder_embed_dim = 512
     C.drop_path_rate = 0.1
     C.bn_eps = 1e-3                  # decoder BatchNorm of the student (the official re-init)
     C.bn_momentum = 0.1
     # The official code builds the teacher's decoder without that re-init, so its BatchNorm keeps
-    # eps 1e-5; the released teacher gives the official outputs only with it.
+    # eps 1e-5; the released teacher gives the official outputs only with it. Used by every RGB
+    # teacher; an 'rgbx' teacher is a student-architecture model and uses bn_eps.
     C.teacher_bn_eps = 1e-5
 
     # Distillation (the official command line's values)
@@ -86,6 +99,10 @@ def base_config() -> EasyDict:
     C.momentum = 0.9
     C.weight_decay = 0.01
     C.batch_size = 4                 # global batch, split across processes
+    # Images one process runs through the network at once; its share of batch_size is accumulated
+    # over several such micro-batches per optimizer step (gradient accumulation). The recipe (global
+    # batch, schedule) stays the same; BatchNorm sees the micro-batch. None: no accumulation.
+    C.micro_batch_size = None
     C.nepochs = 500
     C.niters_per_epoch = None
     C.num_workers = 16

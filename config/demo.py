@@ -1,7 +1,7 @@
 """The demo: a MiT-B0 teacher and student on small synthetic RGB-D rooms, a few minutes on a CPU.
 
 `bash train.sh config/demo.py` generates datasets/Synthetic if it is absent (tools/make_synthetic.py),
-trains the RGB teacher, then the PrimKD student, and evaluates both.
+trains the RGB teacher, the CMX baseline and the PrimKD student, and evaluates each (tools/demo.py).
 """
 from config.base import base_config
 
@@ -20,7 +20,7 @@ config.channel_order = 'rgb'
 
 config.backbone = 'mit_b0'
 config.pretrained_model = None          # no ImageNet weights: everything starts from scratch
-config.teacher_checkpoint = 'log/demo/teacher/best.pth'
+config.teacher_checkpoint = 'log/demo/teacher'   # the teacher run's last checkpoint (validation = test here)
 config.decoder_embed_dim = 128
 config.drop_path_rate = 0.0
 

@@ -21,11 +21,16 @@ code draws that permutation anew on every item access (torch.randperm); here it 
 `cfg.seed`, so the epoch is a fixed list the sampler (dataloader/loader.py) shuffles.
 """
 import os
+import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import torch
+
+from config import derive_niters_per_epoch
+from models.encoders.mit import LAST_STAGE_STRIDE
 
 from .transforms import EvalTransform, TrainTransform
 
@@ -33,6 +38,12 @@ DEPTH_PNG_MAX_MM = 10000        # 16-bit single-channel files: 0..10 m -> 0..255
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 LISTED_PROBLEMS = 20            # how many offending files an error message lists
 DATA_HELP = "see README.md, section 'Data preparation'"
+# Config keys holding the number of items of each split (None: the split file's length).
+SIZE_KEYS = {'train': 'num_train_imgs', 'val': 'num_eval_imgs'}
+# How a complete file of each format starts and ends: the JPEG end-of-image marker, the PNG IEND
+# chunk (length 0, type, CRC).
+JPEG_START, JPEG_END = b'\xff\xd8\xff', b'\xff\xd9'
+PNG_START, PNG_END = b'\x89PNG\r\n\x1a\n', b'\x00\x00\x00\x00IEND\xaeB`\x82'
 
 
 class DatasetError(ValueError):
@@ -70,11 +81,49 @@ def read_split(cfg, split):
     return names
 
 
-def item_paths(cfg, name):
-    """(rgb, extra, label) file paths of one item."""
+def check_split_size(cfg, split, names, source):
+    """The split's size in the config (num_train_imgs / num_eval_imgs), where set, must be the number
+    of items the split file lists: the training epoch derives from it."""
+    key = SIZE_KEYS[split]
+    if cfg[key] is not None and cfg[key] != len(names):
+        raise DatasetError(f"config key '{key}' is {cfg[key]}, but split file '{source}' lists {len(names)} "
+                           f"items: set {key}={len(names)}, or None to take the split file's length")
+
+
+def take_split_size(cfg, split, names):
+    """Fills a split size the config leaves None with the split's, and then for the training split
+    the iterations per epoch that derive from it."""
+    key = SIZE_KEYS[split]
+    if cfg[key] is None:
+        cfg[key] = len(names)
+        derive_niters_per_epoch(cfg)
+
+
+def repeated_names(names):
+    """{name: count} of the names a split lists more than once."""
+    return {name: count for name, count in Counter(names).items() if count > 1}
+
+
+def _warn_repeated_training_names(repeated, source):
+    extra = sum(repeated.values()) - len(repeated)
+    example = next(iter(repeated))
+    warnings.warn(f"split file '{source}' lists {len(repeated)} name(s) more than once ({extra} extra "
+                  f"line(s), e.g. '{example}' {repeated[example]} times): they are sampled that much more "
+                  f"often in every epoch", stacklevel=3)
+
+
+def item_paths(cfg, name, with_extra=True):
+    """(rgb, extra, label) file paths of one item; extra is None without the extra modality."""
     return (os.path.join(cfg.dataset_path, cfg.rgb_folder, name + cfg.rgb_format),
-            os.path.join(cfg.dataset_path, cfg.x_folder, name + cfg.x_format),
+            os.path.join(cfg.dataset_path, cfg.x_folder, name + cfg.x_format) if with_extra else None,
             os.path.join(cfg.dataset_path, cfg.label_folder, name + cfg.label_format))
+
+
+def read_item(cfg, paths):
+    """The arrays of an item as read (None for an absent extra path or an undecodable file)."""
+    rgb_path, extra_path, label_path = paths
+    return (read_rgb(rgb_path), None if extra_path is None else read_extra(extra_path, cfg.x_is_single_channel),
+            read_label(label_path))
 
 
 def read_rgb(path):
@@ -131,24 +180,58 @@ def _describe(problems, what):
     return f'{what} ({len(problems)}):\n  {shown}{more}'
 
 
-def _check_item(cfg, paths):
-    """(missing, unreadable, other problems) of one item, each a list of 'path: what'."""
-    missing = [f'{path}: does not exist' for path in paths if not os.path.isfile(path)]
+def incomplete_file(path):
+    """Why a JPEG or PNG file is cut short, or None. OpenCV decodes a JPEG cut in half, with a grey
+    tail and a warning that names no file, so the bytes are checked: a complete JPEG ends with its
+    end-of-image marker, a PNG with its IEND chunk. Other formats are left to the decoder."""
+    with open(path, 'rb') as f:
+        start = f.read(len(PNG_START))
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - len(PNG_END), 0))
+        end = f.read()
+    if start.startswith(JPEG_START) and not end.endswith(JPEG_END):
+        return f'{path}: truncated JPEG: it does not end with the end-of-image marker FFD9'
+    if start == PNG_START and not end.endswith(PNG_END):
+        return f'{path}: truncated PNG: it does not end with the IEND chunk'
+    return None
+
+
+def _too_small_to_evaluate(cfg, path, image):
+    """Why the network cannot take an evaluation image at the smallest evaluation scale, or None."""
+    scale = min(cfg.eval_scale_array)
+    height, width = image.shape[:2]
+    if min(round(height * scale), round(width * scale)) >= LAST_STAGE_STRIDE:
+        return None
+    return (f"{path}: {width}x{height} (width x height) is too small to evaluate: at scale {scale:g}, the "
+            f"smallest of eval_scale_array, each side must keep at least {LAST_STAGE_STRIDE} pixels, the "
+            f"stride of the encoder's last stage")
+
+
+def _check_item(cfg, paths, evaluated):
+    """(missing, unreadable, other problems) of one item, each a list of 'path: what'. An `evaluated`
+    item must also be large enough for the network."""
+    missing = [f'{path}: does not exist' for path in paths if path is not None and not os.path.isfile(path)]
     if missing:
         return missing, [], []
+    incomplete = [problem for problem in map(incomplete_file, filter(None, paths)) if problem]
+    if incomplete:
+        return [], incomplete, []
     rgb_path, extra_path, label_path = paths
     try:
-        images = (read_rgb(rgb_path), read_extra(extra_path, cfg.x_is_single_channel),
-                  read_label(label_path))
+        images = read_item(cfg, paths)
     except DatasetError as e:
         return [], [], [str(e)]
     unreadable = [f'{path}: OpenCV cannot decode it'
-                  for path, image in zip(paths, images) if image is None]
+                  for path, image in zip(paths, images) if path is not None and image is None]
     if unreadable:
         return [], unreadable, []
     rgb, extra, label = images
     problems = []
-    if not rgb.shape[:2] == extra.shape[:2] == label.shape:
+    if extra is None:
+        if rgb.shape[:2] != label.shape:
+            problems.append(f'{rgb_path}: size {rgb.shape[1]}x{rgb.shape[0]}, but {label_path} is '
+                            f'{label.shape[1]}x{label.shape[0]} (width x height)')
+    elif not rgb.shape[:2] == extra.shape[:2] == label.shape:
         problems.append(f'{rgb_path}: size {rgb.shape[1]}x{rgb.shape[0]}, but {extra_path} is '
                         f'{extra.shape[1]}x{extra.shape[0]} and {label_path} is '
                         f'{label.shape[1]}x{label.shape[0]} (width x height)')
@@ -159,23 +242,37 @@ def _check_item(cfg, paths):
         problems.append(f'{label_path}: label values {bad.tolist()} outside 0..{high} '
                         f'(num_classes={cfg.num_classes}, gt_transform={cfg.gt_transform}) '
                         f'and not the ignore value {ignore}')
+    too_small = _too_small_to_evaluate(cfg, rgb_path, rgb) if evaluated else None
+    if too_small:
+        problems.append(too_small)
     return [], [], problems
 
 
-def check_dataset(cfg, split, workers=4):
-    """Checks one split before training: the dataset folder and split file exist, every file the
-    split names exists and OpenCV decodes it, the three images of an item have the same size, and
-    label values are classes (0..C with gt_transform, where 0 is unlabeled; 0..C-1 without) or the
-    ignore value. Every file is decoded once, by `workers` threads: about 3 s for the 795 training
-    images of NYU Depth V2 (480x640), 0.1 s for 200 synthetic 120x160 scenes. Returns the split's
-    names; raises one DatasetError listing every problem found.
+def check_dataset(cfg, split, workers=4, with_extra=True):
+    """Checks one split before training: the dataset folder and split file exist, the split's size
+    in the config (where set) is the file's, every file the split names exists, is complete (JPEG and
+    PNG) and OpenCV decodes it, the three images of an item have the same size, and label values are
+    classes (0..C with gt_transform, where 0 is unlabeled; 0..C-1 without) or the ignore value;
+    without `with_extra`, the extra modality's files are not needed. The evaluation split must list
+    each name once, and its images must be large enough for the network at every evaluation scale;
+    names the training split repeats get a warning. Every file is decoded once, by `workers`
+    threads: about 3 s for the 795 training images of NYU Depth V2 (480x640), 0.1 s for 200
+    synthetic 120x160 scenes. Returns the split's names; raises one DatasetError listing every
+    problem found.
     """
     names = read_split(cfg, split)
     source = split_file(cfg, split)
-    all_paths = [item_paths(cfg, name) for name in dict.fromkeys(names)]
+    check_split_size(cfg, split, names, source)
+    repeated = repeated_names(names)
+    if repeated and split == 'train':
+        _warn_repeated_training_names(repeated, source)
+    all_paths = [item_paths(cfg, name, with_extra) for name in dict.fromkeys(names)]
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda paths: _check_item(cfg, paths), all_paths))
+        results = list(pool.map(lambda paths: _check_item(cfg, paths, split == 'val'), all_paths))
     sections = []
+    if repeated and split == 'val':
+        sections.append(_describe([f'{name}: {count} times' for name, count in repeated.items()],
+                                  'names listed more than once, which evaluation would count as often'))
     for position, what in enumerate(('files named by the split that do not exist',
                                      'files that cannot be read', 'inconsistent items')):
         found = [problem for result in results for problem in result[position]]
@@ -196,7 +293,8 @@ def epoch_names(names, length, seed):
 
 class RGBXDataset(torch.utils.data.Dataset):
     """Items are dicts: 'rgb' and 'extra' float32 (3, H, W), 'label' int64 (H, W) with values
-    0..C-1 or cfg.background, 'name' str.
+    0..C-1 or cfg.background, 'name' str. With `with_extra=False` (an RGB-only run) the extra
+    modality is neither checked nor read, and items have no 'extra'.
 
     `split` 'train' has `cfg.niters_per_epoch * cfg.batch_size` items (see the module docstring),
     'val' one per line of the split file. `transform` defaults to TrainTransform for 'train' and
@@ -205,10 +303,12 @@ class RGBXDataset(torch.utils.data.Dataset):
     loads it. A bare index uses the seed (cfg.seed, index).
     """
 
-    def __init__(self, cfg, split, transform=None):
+    def __init__(self, cfg, split, transform=None, with_extra=True):
         self.cfg = cfg
         self.split = split
-        self.names = check_dataset(cfg, split)
+        self.with_extra = with_extra
+        self.names = check_dataset(cfg, split, with_extra=with_extra)
+        take_split_size(cfg, split, self.names)
         if split == 'train':
             self.items = epoch_names(self.names, cfg.niters_per_epoch * cfg.batch_size, cfg.seed)
         else:
@@ -221,13 +321,12 @@ class RGBXDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def read(self, name):
-        """The item's arrays as read: rgb and extra uint8 H x W x 3 (BGR), label uint8 H x W after
-        the label transform."""
-        rgb_path, extra_path, label_path = item_paths(self.cfg, name)
-        arrays = (read_rgb(rgb_path), read_extra(extra_path, self.cfg.x_is_single_channel),
-                  read_label(label_path))
-        for path, array in zip((rgb_path, extra_path, label_path), arrays):
-            if array is None:
+        """The item's arrays as read: rgb and extra uint8 H x W x 3 (BGR; extra None without the
+        extra modality), label uint8 H x W after the label transform."""
+        paths = item_paths(self.cfg, name, self.with_extra)
+        arrays = read_item(self.cfg, paths)
+        for path, array in zip(paths, arrays):
+            if path is not None and array is None:
                 raise DatasetError(f"'{path}' cannot be read (it could when the dataset was checked)")
         rgb, extra, label = arrays
         return rgb, extra, transform_label(label, self.cfg.gt_transform, self.cfg.background)
@@ -239,4 +338,7 @@ class RGBXDataset(torch.utils.data.Dataset):
             sample_seed = (self.cfg.seed, index)
         name = self.items[index]
         rgb, extra, label = self.transform(*self.read(name), np.random.default_rng(sample_seed))
-        return {'rgb': rgb, 'extra': extra, 'label': label, 'name': name}
+        item = {'rgb': rgb, 'label': label, 'name': name}
+        if extra is not None:
+            item['extra'] = extra
+        return item

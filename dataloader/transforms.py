@@ -2,7 +2,7 @@
 
 Both take the arrays as the dataset reads them with OpenCV (colour channels in BGR order, uint8
 H x W x 3; label uint8 H x W, already 0..C-1 or 255) and return tensors: two float32 (3, H, W) and an
-int64 (H, W) label.
+int64 (H, W) label. The extra modality may be None (an RGB-only run never reads it); it stays None.
 
 Channel order. The official loader reads images with `cv2.imread(path, cv2.COLOR_BGR2RGB)`; that
 constant is 4 = IMREAD_ANYCOLOR, not a conversion, so images *and* HHA reach the network in BGR
@@ -76,17 +76,23 @@ def _resize(image, size, interpolation):
 
 
 def _check_inputs(rgb, extra, label):
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or extra.ndim != 3 or extra.shape[2] != 3:
-        raise ValueError(f'expected H x W x 3 images, got rgb {rgb.shape} and extra {extra.shape}')
-    if label.ndim != 2 or rgb.shape[:2] != extra.shape[:2] or rgb.shape[:2] != label.shape:
-        raise ValueError(f'rgb {rgb.shape}, extra {extra.shape} and label {label.shape} '
-                         f'must have the same height and width')
+    images = {'rgb': rgb} if extra is None else {'rgb': rgb, 'extra': extra}
+    if any(image.ndim != 3 or image.shape[2] != 3 for image in images.values()):
+        raise ValueError('expected H x W x 3 images, got '
+                         + ' and '.join(f'{k} {v.shape}' for k, v in images.items()))
+    if label.ndim != 2 or any(image.shape[:2] != label.shape for image in images.values()):
+        raise ValueError(', '.join(f'{k} {v.shape}' for k, v in images.items())
+                         + f' and label {label.shape} must have the same height and width')
 
 
-def _to_tensors(rgb, extra, label):
-    return (torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
-            torch.from_numpy(np.ascontiguousarray(extra.transpose(2, 0, 1))),
-            torch.from_numpy(label.astype(np.int64)))
+def _to_tensor(image):
+    """H x W x C array -> (C, H, W) tensor; None stays None (a run without the extra modality)."""
+    return None if image is None else torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def _each(function, image, *args):
+    """`function(image, *args)`, or None for an absent extra modality."""
+    return None if image is None else function(image, *args)
 
 
 class EvalTransform:
@@ -98,9 +104,9 @@ class EvalTransform:
 
     def __call__(self, rgb, extra, label, rng=None):
         _check_inputs(rgb, extra, label)
-        return (network_input(rgb, self.channel_order, self.mean, self.std),
-                network_input(extra, self.channel_order, self.mean, self.std),
-                torch.from_numpy(label.astype(np.int64)))
+        rgb, extra = (_each(network_input, image, self.channel_order, self.mean, self.std)
+                      for image in (rgb, extra))
+        return rgb, extra, torch.from_numpy(label.astype(np.int64))
 
 
 class TrainTransform:
@@ -116,24 +122,21 @@ class TrainTransform:
 
     def __call__(self, rgb, extra, label, rng):
         _check_inputs(rgb, extra, label)
-        rgb = to_channel_order(rgb, self.channel_order)
-        extra = to_channel_order(extra, self.channel_order)
-
+        rgb, extra = (_each(to_channel_order, image, self.channel_order) for image in (rgb, extra))
         if rng.random() < 0.5:
-            rgb, extra, label = rgb[:, ::-1], extra[:, ::-1], label[:, ::-1]
+            rgb, extra, label = rgb[:, ::-1], _each(lambda image: image[:, ::-1], extra), label[:, ::-1]
 
         scale = self.scales[int(rng.integers(len(self.scales)))]
         height, width = int(label.shape[0] * scale), int(label.shape[1] * scale)
         if (height, width) != label.shape:
             rgb = _resize(rgb, (width, height), cv2.INTER_LINEAR)
-            extra = _resize(extra, (width, height), cv2.INTER_LINEAR)
+            extra = _each(_resize, extra, (width, height), cv2.INTER_LINEAR)
             label = _resize(label, (width, height), cv2.INTER_NEAREST)
 
-        rgb = normalize(rgb, self.mean, self.std)
-        extra = normalize(extra, self.mean, self.std)
+        rgb, extra = normalize(rgb, self.mean, self.std), _each(normalize, extra, self.mean, self.std)
 
         position = random_crop_position((height, width), self.crop_size, rng)
         rgb = crop_pad(rgb, position, self.crop_size, 0.0)
-        extra = crop_pad(extra, position, self.crop_size, 0.0)
+        extra = _each(crop_pad, extra, position, self.crop_size, 0.0)
         label = crop_pad(label, position, self.crop_size, self.ignore_label)
-        return _to_tensors(rgb, extra, label)
+        return _to_tensor(rgb), _to_tensor(extra), torch.from_numpy(label.astype(np.int64))

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .devices import DeviceError, gpu_count
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,14 +30,17 @@ class DistInfo:
 
 
 def init_distributed(device: str = 'auto') -> DistInfo:
-    """Joins the torchrun process group if there is one. `device`: 'auto' (CUDA if available), 'cpu'
-    or 'cuda'."""
+    """Joins the torchrun process group if there is one. `device`: 'auto' (the GPUs if there are any),
+    'cpu' or 'cuda'. Raises DeviceError (a ValueError) when the GPUs cannot be used (engine/devices.py)
+    or this process has none of its own."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     rank = int(os.environ.get('RANK', 0))
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
-    use_cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError('--device cuda: CUDA is not available on this machine (use --device cpu or auto)')
+    gpus = gpu_count(device)
+    use_cuda = gpus > 0
+    if use_cuda and local_rank >= gpus:
+        raise DeviceError(f"LOCAL_RANK={local_rank}, but torch sees {gpus} GPU(s) (CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}): start at most {gpus} processes per node")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device('cuda', local_rank)
@@ -83,16 +88,21 @@ def average_batchnorm_buffers(model: torch.nn.Module) -> None:
     """Makes every process hold the mean BatchNorm running statistics.
 
     Plain BatchNorm (CPU runs have no SyncBatchNorm) updates its running mean and variance from each
-    process's own batches, so they drift apart; DDP only copies rank 0's buffers at the next forward.
-    Averaging before validation and saving gives every rank the same model, close to what
-    SyncBatchNorm would have computed."""
+    process's own batches, so they drift apart. Averaging before validation and saving gives every
+    rank the same model, close to what SyncBatchNorm would have computed. SyncBatchNorm layers are
+    equal on every rank already and are left alone."""
     if not is_dist():
         return
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+        if (isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+                and not isinstance(module, torch.nn.SyncBatchNorm)):
             for buffer in (module.running_mean, module.running_var):
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
                 buffer /= get_world_size()
+
+
+def uses_sync_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(module, torch.nn.SyncBatchNorm) for module in model.modules())
 
 
 def cleanup():

@@ -33,8 +33,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dataloader.dataset import RGBXDataset
-from dataloader.transforms import EvalTransform
 from utils.metrics import confusion_matrix, segmentation_metrics
 from utils.modules import unwrap_model
 from utils.visualize import colorize, denormalize, hstack_panels, to_label_png
@@ -44,12 +42,12 @@ from .distributed import DistInfo, all_reduce_sum
 
 def run_network(model, rgb: torch.Tensor, extra, max_batch: Optional[int] = None) -> torch.Tensor:
     """Float32 logits of a batch, run `max_batch` images at a time (all at once for None); `extra`
-    is None for the RGB-only teacher. In eval mode the split does not change the result."""
+    is None where the data has no extra modality. In eval mode the split does not change the result."""
     step = max_batch or rgb.shape[0]
     logits = []
     for start in range(0, rgb.shape[0], step):
         chunk = slice(start, start + step)
-        out = model(rgb[chunk]) if extra is None else model(rgb[chunk], extra[chunk])
+        out = model(rgb[chunk], None if extra is None else extra[chunk])
         logits.append(out.logits.float())
     return torch.cat(logits) if len(logits) > 1 else logits[0]
 
@@ -147,22 +145,18 @@ def _save_prediction(save_path: str, name: str, pred, item: dict, cfg, with_inpu
             raise OSError(f"could not write '{path}'")
 
 
-def evaluate(model, cfg, dist_info: DistInfo, role: str, *, mode=None, scales=None, flip=None,
-             save_path=None, amp='none', progress=True, side_by_side=False, dataset=None) -> dict:
-    """Metrics of `model` ('teacher': RGB only, 'student': RGB + extra) on cfg.eval_source.
+def evaluate(model, cfg, dist_info: DistInfo, dataset, *, mode=None, scales=None, flip=None,
+             save_path=None, amp='none', progress=True, side_by_side=False) -> dict:
+    """Metrics of `model` on `dataset` (an RGBXDataset-like sequence of items; the model gets the
+    items' 'extra' where they have one).
 
-    mode / scales / flip default to cfg.eval_mode / eval_scale_array / eval_flip. `dataset` (an
-    RGBXDataset-like sequence of items) defaults to the validation split of cfg. The model may be in
+    mode / scales / flip default to cfg.eval_mode / eval_scale_array / eval_flip. The model may be in
     train mode, wrapped in DDP or compiled: it is evaluated in eval mode and its mode restored.
     Every process must call this. Returns segmentation_metrics(hist) plus 'hist' (CPU int64),
     'num_images' (all processes) and 'seconds'."""
-    if role not in ('teacher', 'student'):
-        raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
     mode = cfg.eval_mode if mode is None else mode
     scales = list(cfg.eval_scale_array if scales is None else scales)
     flip = cfg.eval_flip if flip is None else flip
-    if dataset is None:
-        dataset = RGBXDataset(cfg, 'val', EvalTransform(cfg))
     device = dist_info.device
     dtype = AMP_DTYPES[resolve_amp(amp, device)]
     # Evaluation needs no gradient synchronisation, and compiled graphs would be rebuilt for every
@@ -176,14 +170,14 @@ def evaluate(model, cfg, dist_info: DistInfo, role: str, *, mode=None, scales=No
                         pin_memory=device.type == 'cuda')
     hist = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.int64, device=device)
     bar = tqdm(total=len(shard), unit='img', dynamic_ncols=True, leave=False,
-               desc=f'eval {role} (rank 0 of {dist_info.world_size})' if dist_info.distributed
-               else f'eval {role}', disable=not (progress and dist_info.is_main))
+               desc=f'eval (rank 0 of {dist_info.world_size})' if dist_info.distributed
+               else 'eval', disable=not (progress and dist_info.is_main))
     start = time.perf_counter()
     try:
         with torch.inference_mode(), autocast(device, dtype):
             for item in loader:
                 rgb = item['rgb'].to(device, non_blocking=True)
-                extra = item['extra'].to(device, non_blocking=True) if role == 'student' else None
+                extra = item['extra'].to(device, non_blocking=True) if 'extra' in item else None
                 label = item['label'].to(device, non_blocking=True)
                 probabilities = predict_probabilities(
                     network, rgb, extra, mode=mode, scales=scales, flip=flip,

@@ -13,6 +13,7 @@ export is dynamic. The file's metadata records how inputs are prepared (METADATA
 mean and std, class names), so that a config that prepares them otherwise is refused.
 """
 import argparse
+import importlib.util
 import json
 import warnings
 from typing import NamedTuple, Optional
@@ -20,22 +21,22 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from models.builder import build_model
-from models.weight_layouts import CheckpointError, checkpoint_role, load_checkpoint
+from models.weight_layouts import checkpoint_contents, load_checkpoint, read_checkpoint_file
 
 from . import run_dir as rd
 from .evaluator import predict_probabilities
+from .run_spec import RunSpec
 
 # The newest opset onnxruntime 1.30 runs completely; from 23 on, attention is one ONNX op.
 ONNX_OPSET = 23
 INPUT_NAMES = {'teacher': ('rgb',), 'student': ('rgb', 'extra')}
 OUTPUT_NAME = 'logits'
-# The encoder's last stage has stride 32: smaller inputs cannot go through it.
-MIN_INPUT_SIDE = 32
 # A dimension of size 1 in the example input would be fixed to 1 by torch.export: a batch of 2, and
 # for a dynamic export sides of at least 64 pixels, so that the 1/32 maps are 2 pixels a side.
 EXPORT_EXAMPLE_BATCH = 2
 MIN_DYNAMIC_EXAMPLE_SIDE = 64
+# What ONNX export and running an ONNX file need: the project's `export` extra.
+ONNX_PACKAGES = ('onnx', 'onnxscript', 'onnxruntime')
 # Config keys an ONNX file records (JSON values in its metadata) and must agree with at inference.
 METADATA_KEYS = ('channel_order', 'norm_mean', 'norm_std', 'class_names')
 
@@ -62,6 +63,14 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def require_onnx_packages(packages=ONNX_PACKAGES) -> None:
+    """InferenceError naming the packages of the `export` extra that are not installed."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InferenceError(f"{', '.join(missing)} not installed: pip install -e '.[export]' (or the "
+                             f"tested set: pip install -r requirements-lock.txt)")
+
+
 # --- torch models ----------------------------------------------------------------------------
 
 def checkpoint_model(cfg, value: str, mode: Optional[str]):
@@ -71,22 +80,22 @@ def checkpoint_model(cfg, value: str, mode: Optional[str]):
     lookup_mode = mode or 'student'
     try:
         paths = rd.resolve_checkpoints([value], rd.run_dir(cfg.log_dir, lookup_mode), lookup_mode)
-        role = checkpoint_role(paths[0]) if len(paths) == 1 else None
+        if len(paths) != 1:
+            raise InferenceError(f'-e {value} names {len(paths)} checkpoints; give one')
+        path = paths[0]
+        role = checkpoint_contents(read_checkpoint_file(path, mmap=True), f"checkpoint '{path}'").role
     except ValueError as e:  # CheckpointError included
         raise InferenceError(str(e)) from None
-    if len(paths) != 1:
-        raise InferenceError(f'-e {value} names {len(paths)} checkpoints; give one')
-    path = paths[0]
     if role is None:
         raise InferenceError(f"-e {path}: neither a student nor a teacher checkpoint (no encoder "
                              f"weights under this project's or the official names)")
     if mode is not None and role != mode:
         raise InferenceError(f'-e {path} is a {role} checkpoint, but --mode {mode} asks for a {mode} '
                              f'one (use --mode {role}, or leave --mode out)')
-    model = build_model(cfg, role)
+    model = RunSpec.for_evaluation(role).build_model(cfg)
     try:
         load_checkpoint(model, path, mmap=True)
-    except CheckpointError as e:
+    except ValueError as e:  # CheckpointError
         raise InferenceError(str(e)) from None
     return model.eval(), role, path
 

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from . import run_dir as rd
+
 
 class RunLogger:
     def __init__(self, run_dir: str, enabled: bool):
@@ -21,11 +23,11 @@ class RunLogger:
         os.makedirs(run_dir, exist_ok=True)
         fmt = logging.Formatter('%(asctime)s %(message)s', '%Y-%m-%d %H:%M:%S')
         for handler in (logging.StreamHandler(sys.stdout),
-                        logging.FileHandler(os.path.join(run_dir, 'train.log'))):
+                        logging.FileHandler(rd.run_file(run_dir, rd.LOG_FILE))):
             handler.setFormatter(fmt)
             self._log.addHandler(handler)
         from tensorboardX import SummaryWriter  # imported here: only the main process writes events
-        self.tb = SummaryWriter(os.path.join(run_dir, 'tb'))
+        self.tb = SummaryWriter(rd.run_file(run_dir, rd.TB_DIR))
 
     def info(self, message: str):
         if self.enabled:
@@ -39,7 +41,7 @@ class RunLogger:
     def epoch_record(self, record: dict):
         """Appends one line to metrics.jsonl: the per-epoch figures a test or a plot reads back."""
         if self.enabled:
-            with open(os.path.join(self.run_dir, 'metrics.jsonl'), 'a') as f:
+            with open(rd.run_file(self.run_dir, rd.METRICS_FILE), 'a') as f:
                 f.write(json.dumps(record) + '\n')
 
     def close(self):

@@ -10,7 +10,9 @@ import re
 import shutil
 
 import torch
+from easydict import EasyDict
 
+from models.distill import feature_term_on
 from models.weight_layouts import CheckpointError, read_checkpoint_file
 from utils.io import atomic_write
 
@@ -164,6 +166,20 @@ def resume_path(resume, directory: str, log=print):
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"--resume: checkpoint '{resume}' does not exist")
     return resume
+
+
+def resume_conflicts(saved_cfg: dict, cfg) -> list:
+    """Settings that shape the trained parameters or the optimizer state and differ from those of
+    the run a checkpoint comes from (its weights load, but its optimizer state cannot)."""
+    saved = EasyDict(saved_cfg)
+    conflicts = [f'{key} {saved[key]!r} -> {cfg[key]!r}' for key in ('optimizer',) if saved[key] != cfg[key]]
+    if feature_term_on(saved) != feature_term_on(cfg):
+        conflicts.append('the feature term (distillation_beta, select) is '
+                         + ('off' if feature_term_on(saved) else 'on') + ' now')
+    elif feature_term_on(cfg):
+        conflicts += [f'{key} {saved[key]!r} -> {cfg[key]!r}' for key in ('losses', 'mask_single')
+                      if saved[key] != cfg[key]]
+    return conflicts
 
 
 def refuse_overwrite(directory: str) -> None:

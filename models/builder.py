@@ -1,6 +1,10 @@
 """One segmentation model for teacher and student: an encoder (single MiT or CMX dual MiT), the
-SegFormer MLP decoder and, for a distilling student, the reconstruct heads."""
-from typing import Dict, List, NamedTuple, Optional
+SegFormer MLP decoder and, for a distilling student, the reconstruct heads.
+
+Roles name architectures: 'teacher' is the RGB-only single-branch model (what `--mode teacher`
+trains), 'student' the CMX dual-branch RGB-X model. The teacher that guides a student is either
+(config teacher_modality), with its own MiT size (teacher_backbone); `build_teacher` builds it."""
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -8,10 +12,12 @@ import torch.nn.functional as F
 
 from .decoders import MLPDecoder
 from .distill import ReconstructHeads
-from .encoders import DualMiTEncoder, MiTEncoder
+from .encoders import DualMiTEncoder, MiTEncoder, mit_size
 
 ROLES = ('teacher', 'student')
 ENCODERS = {'teacher': MiTEncoder, 'student': DualMiTEncoder}
+# The architecture of a guiding teacher of each teacher_modality.
+TEACHER_ROLES = {'rgb': 'teacher', 'rgbx': 'student'}
 
 
 class SegOutput(NamedTuple):
@@ -28,12 +34,20 @@ class SegmentationModel(nn.Module):
         self.decoder = decoder
         self.distill_heads = distill_heads
 
+    @property
+    def takes_extra(self) -> bool:
+        """Whether the model uses the extra modality. Every model can be called as
+        model(rgb, extra); an RGB-only one ignores `extra`."""
+        return self.encoder.takes_extra
+
     def forward(self, rgb: torch.Tensor, extra: Optional[torch.Tensor] = None) -> SegOutput:
+        """Every model is called one way, model(rgb, extra): an RGB-only model leaves `extra` unused
+        (callers pass what the batch has), an RGB-X model requires it."""
         if rgb.dim() != 4 or rgb.shape[1] != 3:
             raise ValueError(f"model: rgb must be (B, 3, H, W), got {tuple(rgb.shape)}")
-        if self.encoder.takes_extra:
+        if self.takes_extra:
             if extra is None:
-                raise ValueError("the student needs the extra modality: call model(rgb, extra)")
+                raise ValueError("this RGB-X model needs the extra modality: call model(rgb, extra)")
             if extra.shape != rgb.shape:
                 raise ValueError(f"model: extra {tuple(extra.shape)} must have the shape of "
                                  f"rgb {tuple(rgb.shape)}")
@@ -46,21 +60,42 @@ class SegmentationModel(nn.Module):
         return SegOutput(logits, features, reconstructions)
 
 
-def build_model(cfg, role: str, distill: bool = False) -> SegmentationModel:
-    """role 'teacher' (RGB only) or 'student' (RGB + extra); `distill` adds the student's
-    reconstruct heads for cfg.losses, of type cfg.mask_single."""
-    if role not in ROLES:
-        raise ValueError(f"build_model: role must be one of {ROLES}, got {role!r}")
-    if distill and role != 'student':
-        raise ValueError("build_model: only the student has distillation heads (distill=True)")
-    encoder = ENCODERS[role](cfg.backbone, cfg.drop_path_rate)
+def teacher_backbone(cfg) -> str:
+    """The guiding teacher's MiT size: cfg.teacher_backbone, or the student's backbone if None."""
+    return cfg.teacher_backbone or cfg.backbone
+
+
+def _assemble(cfg, role: str, backbone: str,
+              head_widths: Optional[Sequence[int]] = None) -> SegmentationModel:
+    """The `role` architecture with a `backbone` encoder; reconstruct heads to `head_widths`
+    (the teacher's stage widths) if given."""
+    encoder = ENCODERS[role](backbone, cfg.drop_path_rate)
     # The official teacher's decoder keeps BatchNorm eps 1e-5; the student's is re-initialised
     # with cfg.bn_eps (1e-3).
     bn_eps = cfg.teacher_bn_eps if role == 'teacher' else cfg.bn_eps
     decoder = MLPDecoder(encoder.out_channels, cfg.num_classes, cfg.decoder_embed_dim,
                          bn_eps=bn_eps, bn_momentum=cfg.bn_momentum)
     heads = None
-    if distill:
-        heads = ReconstructHeads(encoder.out_channels, cfg.losses, cfg.mask_single,
+    if head_widths is not None:
+        heads = ReconstructHeads(encoder.out_channels, head_widths, cfg.losses, cfg.mask_single,
                                  cfg.lambda_mask)
     return SegmentationModel(encoder, decoder, heads)
+
+
+def build_model(cfg, role: str, distill: bool = False) -> SegmentationModel:
+    """role 'teacher' (RGB only) or 'student' (RGB + extra), of cfg.backbone; `distill` adds the
+    student's reconstruct heads for cfg.losses, of type cfg.mask_single, from the student's stage
+    widths to those of the configured teacher (teacher_backbone)."""
+    if role not in ROLES:
+        raise ValueError(f"build_model: role must be one of {ROLES}, got {role!r}")
+    if distill and role != 'student':
+        raise ValueError("build_model: only the student has distillation heads (distill=True)")
+    head_widths = mit_size(teacher_backbone(cfg)).embed_dims if distill else None
+    return _assemble(cfg, role, cfg.backbone, head_widths)
+
+
+def build_teacher(cfg) -> SegmentationModel:
+    """The teacher that guides the student, with random weights: the RGB-only model
+    (teacher_modality 'rgb') or the dual-branch RGB-X model without heads ('rgbx'), of
+    teacher_backbone. models.teacher.load_teacher fills it from a checkpoint."""
+    return _assemble(cfg, TEACHER_ROLES[cfg.teacher_modality], teacher_backbone(cfg))

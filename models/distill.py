@@ -40,9 +40,9 @@ def stage_index(loss_name: str) -> int:
 class HintHead(nn.Module):
     """`hint`: a 1x1 conv from the student's fused feature to the teacher's feature."""
 
-    def __init__(self, channels: int):
+    def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.align = nn.Conv2d(channels, channels, kernel_size=1)
+        self.align = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.align(x)
@@ -52,16 +52,17 @@ class MaskedHintHead(nn.Module):
     """`mask_hint` (masked generative distillation): 1x1 conv, then a random spatial mask keeping
     each position with probability `keep_prob` (one draw per sample and position, shared by the
     channels), then 3x3 conv, ReLU, 3x3 conv. The mask is part of the task (regenerate the teacher's
-    feature from a partial one), so it applies in eval mode too, as in the official code."""
+    feature from a partial one), so it applies in eval mode too, as in the official code. The 1x1 conv
+    maps to the teacher's width, so the mask and the generation work at that width."""
 
-    def __init__(self, channels: int, keep_prob: float):
+    def __init__(self, in_channels: int, out_channels: int, keep_prob: float):
         super().__init__()
         self.keep_prob = keep_prob
-        self.align = nn.Conv2d(channels, channels, kernel_size=1)
+        self.align = nn.Conv2d(in_channels, out_channels, kernel_size=1)
         self.generate = nn.Sequential(
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1))
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         aligned = self.align(x)
@@ -74,10 +75,11 @@ HEAD_TYPES = {'hint': HintHead, 'mask_hint': MaskedHintHead}
 
 
 class ReconstructHeads(nn.ModuleDict):
-    """One head per stage named in `losses` ('loss1' -> stage 1, i.e. features[0])."""
+    """One head per stage named in `losses` ('loss1' -> stage 1, i.e. features[0]), from the
+    student's stage width `in_channels[k]` to the teacher's `out_channels[k]`."""
 
-    def __init__(self, channels: Sequence[int], losses: Sequence[str], head_type: str,
-                 keep_prob: float):
+    def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int],
+                 losses: Sequence[str], head_type: str, keep_prob: float):
         if head_type not in HEAD_TYPES:
             raise ValueError(f"unknown reconstruct head type {head_type!r} (mask_single); "
                              f"expected one of {sorted(HEAD_TYPES)}")
@@ -87,8 +89,9 @@ class ReconstructHeads(nn.ModuleDict):
                              f"got {list(losses)}")
         heads = {}
         for name in losses:
-            dim = channels[stage_index(name)]
-            heads[name] = HintHead(dim) if head_type == 'hint' else MaskedHintHead(dim, keep_prob)
+            widths = in_channels[stage_index(name)], out_channels[stage_index(name)]
+            heads[name] = (HintHead(*widths) if head_type == 'hint'
+                           else MaskedHintHead(*widths, keep_prob))
         super().__init__(heads)
         init_conv_kaiming(self)
 
@@ -144,7 +147,8 @@ def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor
         if reconstruction.shape != target.shape:
             raise ValueError(f"distillation {name}: student reconstruction "
                              f"{tuple(reconstruction.shape)} vs teacher stage feature "
-                             f"{tuple(target.shape)}; teacher and student need the same backbone")
+                             f"{tuple(target.shape)}; the student's heads must be built for this "
+                             f"teacher (config teacher_backbone)")
         mse = F.mse_loss(reconstruction.float(), target.float())
         stage_mse.append(mse)
         losses[f'feat_{name}'] = mse.detach()

@@ -15,13 +15,14 @@ Decisions:
   them without complaint.
 * Loading is strict by default: every missing, unexpected or wrongly shaped tensor is named in one
   error. A teacher checkpoint given to a student (or the reverse), another backbone size or another
-  class count gets its own message first.
+  class count gets its own message first. `checkpoint_contents` reads those three from a checkpoint
+  without a model (models.teacher checks a teacher checkpoint against the config with it).
 * Everything is read with torch.load(weights_only=True): a downloaded .pth is untrusted pickle.
 """
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -137,8 +138,10 @@ def to_official_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 # --- what a state dict holds ------------------------------------------------------------------
 
-class _Contents:
-    """Role, encoder size and class count read from a project-layout state dict."""
+class CheckpointContents:
+    """Role ('teacher': single-branch RGB, 'student': CMX dual-branch, None: no encoder keys),
+    encoder size (`backbone`: a MIT_SIZES name, None if unknown) and class count read from a
+    project-layout state dict."""
 
     def __init__(self, state: Dict[str, torch.Tensor]):
         keys = list(state)
@@ -160,11 +163,12 @@ class _Contents:
                        if all(k in state for k in width_keys) else None)
         pred = state.get('decoder.linear_pred.weight')
         self.num_classes = pred.shape[0] if pred is not None else None
+        self.backbone = next((name for name, size in MIT_SIZES.items()
+                              if size.depths == self.depths and size.embed_dims == self.widths), None)
 
     def size_name(self) -> str:
-        for name, size in MIT_SIZES.items():
-            if size.depths == self.depths and size.embed_dims == self.widths:
-                return f"{name} ({size.describe()})"
+        if self.backbone:
+            return f"{self.backbone} ({MIT_SIZES[self.backbone].describe()})"
         return (f"an unknown MiT size (depths {'-'.join(map(str, self.depths or ()))}, "
                 f"widths {'-'.join(map(str, self.widths or ()))})")
 
@@ -173,16 +177,17 @@ ROLE_TEXT = {'teacher': 'teacher (RGB-only, single-branch)',
              'student': 'student (RGB + extra modality, CMX dual-branch)'}
 
 
-def _check_fits(model_contents: _Contents, contents: _Contents, source: str) -> None:
+def _check_fits(model_contents: CheckpointContents, contents: CheckpointContents, source: str) -> None:
     if contents.role and contents.role != model_contents.role:
         raise CheckpointError(
             f"{source} is a {ROLE_TEXT[contents.role]} checkpoint but the model is a "
-            f"{ROLE_TEXT[model_contents.role]}; load it into build_model(cfg, '{contents.role}')")
+            f"{ROLE_TEXT[model_contents.role]}; use it with --mode {contents.role}")
     if ((contents.depths and contents.depths != model_contents.depths)
             or (contents.widths and contents.widths != model_contents.widths)):
         message = (f"{source} holds a {contents.size_name()} encoder but the model is "
                    f"{model_contents.size_name()}; set the config's backbone to match the "
-                   f"checkpoint")
+                   f"checkpoint" + (f" (--opts backbone={contents.backbone})" if contents.backbone
+                                    else ''))
         if contents.size_name().startswith('mit_b0') and model_contents.size_name().startswith(
                 'mit_b1'):
             message += " (the official CMX/PrimKD code builds 'mit_b1' as B0: use mit_b0)"
@@ -231,6 +236,22 @@ def _is_official(state: Dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(('backbone.', 'decode_head.')) for k in state)
 
 
+def _project_state(raw: dict, source: str) -> Tuple[Dict[str, torch.Tensor], bool]:
+    """The checkpoint's state dict with project keys, and whether it was in the official layout.
+    Unknown official keys keep their name, to be reported as unexpected."""
+    state = _state_of(raw, source)
+    official = _is_official(state)
+    if official:
+        state = OrderedDict((project_key(k) or k, v) for k, v in state.items())
+    return state, official
+
+
+def checkpoint_contents(raw: dict, source: str = 'the checkpoint') -> CheckpointContents:
+    """Role, encoder size and class count of a project or official checkpoint dict (as
+    read_checkpoint_file returns it)."""
+    return CheckpointContents(_project_state(raw, source)[0])
+
+
 def _listing(title: str, items: List[str]) -> str:
     shown = items[:MAX_LISTED]
     more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ''
@@ -268,34 +289,20 @@ def _match(module: nn.Module, state: Dict[str, torch.Tensor], source: str, stric
     return {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
 
 
-def _project_state(raw: dict, source: str):
-    """(the checkpoint's state dict with project key names, whether it was in the official layout)."""
-    state = _state_of(raw, source)
-    official = _is_official(state)
-    if official:
-        # Unknown keys keep their name, to be reported as unexpected.
-        state = OrderedDict((project_key(k) or k, v) for k, v in state.items())
-    return state, official
-
-
-def checkpoint_role(path) -> Optional[str]:
-    """'teacher' or 'student': the kind of model a project or official checkpoint file holds (None
-    when its keys are neither). Memory-mapped, so a large training checkpoint is not read."""
-    source = f"checkpoint '{path}'"
-    return _Contents(_project_state(read_checkpoint_file(path, mmap=True), source)[0]).role
-
-
-def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True, mmap: bool = False) -> dict:
+def load_checkpoint(model: nn.Module, path_or_state, strict: bool = True, mmap: bool = False,
+                    source: Optional[str] = None) -> dict:
     """Loads a project or official PrimKD/CMX checkpoint (path or already loaded dict) into `model`
-    and returns the raw checkpoint dict (optimizer state etc. included)."""
+    and returns the raw checkpoint dict (optimizer state etc. included). `source` names the
+    checkpoint in errors (default: the path, or 'the checkpoint' for a dict)."""
     model = unwrap_model(model)
     if isinstance(path_or_state, dict):
-        raw, source = path_or_state, 'the checkpoint'
+        raw, source = path_or_state, source or 'the checkpoint'
     else:
         raw = read_checkpoint_file(path_or_state, mmap=mmap)
-        source = f"checkpoint '{path_or_state}'"
+        source = source or f"checkpoint '{path_or_state}'"
     state, official = _project_state(raw, source)
-    _check_fits(_Contents(model.state_dict()), _Contents(state), source)
+
+    _check_fits(CheckpointContents(model.state_dict()), CheckpointContents(state), source)
     if getattr(model, 'distill_heads', None) is None:
         state = {k: v for k, v in state.items() if not k.startswith(HEADS_PREFIX)}
     spelling = _official_spelling if official else _same
@@ -322,8 +329,9 @@ def load_imagenet_encoder(model: nn.Module, path) -> None:
         raise CheckpointError(f"{source} is not a SegFormer MiT encoder:"
                               + _listing('unexpected', unknown))
     encoder = model.encoder
-    contents = _Contents({'encoder.rgb.' + k: v for k, v in branch_state.items()})
-    model_contents = _Contents({'encoder.rgb.' + k: v for k, v in encoder.rgb.state_dict().items()})
+    contents = CheckpointContents({'encoder.rgb.' + k: v for k, v in branch_state.items()})
+    model_contents = CheckpointContents({'encoder.rgb.' + k: v
+                                         for k, v in encoder.rgb.state_dict().items()})
     _check_fits(model_contents, contents, source)
     branches = [encoder.rgb, encoder.extra] if encoder.takes_extra else [encoder.rgb]
     for branch in branches:

@@ -8,6 +8,7 @@ import struct
 from tensorboardX.proto import event_pb2
 
 from config import REPO_ROOT
+from engine import run_dir as rd
 
 DEMO_CONFIG = os.path.join(REPO_ROOT, 'config', 'demo.py')
 
@@ -50,5 +51,5 @@ def read_scalars(event_dir):
 
 
 def read_metrics(run_dir):
-    with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+    with open(rd.run_file(run_dir, rd.METRICS_FILE)) as f:
         return [json.loads(line) for line in f]

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from config import REPO_ROOT, load_config
 from tools.synthetic_rooms import make_synthetic_dataset
+from engine.run_spec import RunSpec
 from models.builder import build_model
 from tools import benchmark
 from utils.flops import (EXTRA_FORMULAS, attention_backward_flops, attention_flops, count_flops,
@@ -134,8 +135,8 @@ def test_loader_benchmark_and_absent_dataset(tmp_path, capsys):
     root = str(tmp_path / 'Synthetic')
     make_synthetic_dataset(root, num_train=8, num_test=2, height=64, width=64, seed=1)
     cfg = load_config(DEMO_CONFIG, [f'dataset_path={root!r}', 'num_workers=1', 'num_train_imgs=8'])
-    result = benchmark.benchmark_loader(cfg, batch=2, size=(64, 64), steps=2, warmup=1,
-                                        device=torch.device('cpu'))
+    result = benchmark.benchmark_loader(cfg, RunSpec.from_config(cfg, 'student'), batch=2, size=(64, 64),
+                                        steps=2, warmup=1, device=torch.device('cpu'))
     assert result['per_image_ms'] > 0
     assert result['images_per_s_per_worker'] == pytest.approx(1000 / result['per_image_ms'])
     assert set(result['workers']) == {'0', '1'} and all(r > 0 for r in result['workers'].values())

@@ -56,7 +56,8 @@ def make_dataset(root, count=5):
 
 def make_cfg(root, **overrides):
     settings = dict(dataset_path=str(root), rgb_format='.png', x_format='.png', image_height=HEIGHT,
-                    image_width=WIDTH, batch_size=4, niters_per_epoch=3, num_workers=0)
+                    image_width=WIDTH, batch_size=4, niters_per_epoch=3, num_workers=0, num_train_imgs=None,
+                    num_eval_imgs=None)
     settings.update(overrides)
     return load_config(os.path.join(REPO_ROOT, 'config', 'demo.py'), settings)
 
@@ -278,7 +279,7 @@ def test_loader_length_and_batches(dataset_root):
     assert len(loader) == 3 and len(batches) == 3
     assert batches[0]['rgb'].shape == (4, 3, HEIGHT, WIDTH) and batches[0]['label'].dtype == torch.int64
     assert len(batches[0]['name']) == 4
-    assert isinstance(loader.dataset, RGBXDataset) and isinstance(loader.sampler, EpochSampler)
+    assert isinstance(loader.sampler, EpochSampler)
 
 
 def test_two_ranks_partition_the_epoch():
@@ -330,3 +331,81 @@ def test_same_batches_with_zero_and_two_workers(dataset_root):
         assert batch0['name'] == batch2['name']
         for key in ('rgb', 'extra', 'label'):
             assert torch.equal(batch0[key], batch2[key])
+
+
+def test_truncated_jpeg_and_png_files_are_named(dataset_root):
+    # OpenCV decodes a JPEG cut in half (grey tail, a warning naming no file): the bytes are checked.
+    root, labels = dataset_root
+    for name, label in labels.items():
+        cv2.imwrite(os.path.join(str(root), 'RGB', name + '.jpg'), PALETTE[label % 9])
+    cut_jpeg = os.path.join(str(root), 'RGB', '0002.jpg')
+    cut_png = os.path.join(str(root), 'HHA', '0004.png')
+    for path, keep in ((cut_jpeg, 0.5), (cut_png, 0.99)):
+        with open(path, 'rb') as f:
+            data = f.read()
+        with open(path, 'wb') as f:
+            f.write(data[:int(len(data) * keep)])
+    with pytest.raises(DatasetError) as error:
+        RGBXDataset(make_cfg(root, rgb_format='.jpg'), 'val')
+    message = str(error.value)
+    assert 'files that cannot be read (2)' in message
+    assert f'{cut_jpeg}: truncated JPEG: it does not end with the end-of-image marker FFD9' in message
+    assert f'{cut_png}: truncated PNG: it does not end with the IEND chunk' in message
+
+
+def test_repeated_names_in_the_evaluation_split_are_an_error(dataset_root):
+    root, _ = dataset_root
+    write_split(str(root), 'test.txt', ['0001', '0002', '0001', '0003', '0002', '0001'])
+    with pytest.raises(DatasetError) as error:
+        RGBXDataset(make_cfg(root), 'val')
+    message = str(error.value)
+    assert 'names listed more than once, which evaluation would count as often (2)' in message
+    assert '0001: 3 times' in message and '0002: 2 times' in message and '0003' not in message
+
+
+def test_repeated_training_names_warn_with_their_count(dataset_root):
+    root, _ = dataset_root
+    write_split(str(root), 'train.txt', ['0001', '0002', '0001', '0003', '0001'])
+    with pytest.warns(UserWarning, match=r"lists 1 name\(s\) more than once \(2 extra line\(s\), "
+                                         r"e\.g\. '0001' 3 times\): they are sampled"):
+        dataset = RGBXDataset(make_cfg(root), 'train')
+    assert dataset.names == ['0001', '0002', '0001', '0003', '0001']
+
+
+@pytest.mark.parametrize('split, key, source', [('train', 'num_train_imgs', 'train.txt'),
+                                                ('val', 'num_eval_imgs', 'test.txt')])
+def test_split_size_in_the_config_must_be_the_split_files(dataset_root, split, key, source):
+    root, _ = dataset_root
+    with pytest.raises(DatasetError, match=f"config key '{key}' is 200, but split file "
+                                           f"'{os.path.join(str(root), source)}' lists 5 items: "
+                                           f"set {key}=5, or None to take the split file's length"):
+        RGBXDataset(make_cfg(root, **{key: 200}), split)
+
+
+def test_split_size_none_takes_the_split_files_and_the_epoch_derives_from_it(dataset_root):
+    root, _ = dataset_root
+    cfg = make_cfg(root, niters_per_epoch=None)
+    assert cfg.num_train_imgs is None and cfg.niters_per_epoch is None
+    dataset = RGBXDataset(cfg, 'train')
+    assert (cfg.num_train_imgs, cfg.niters_per_epoch, len(dataset)) == (5, 5 // 4 + 1, 8)
+    RGBXDataset(cfg, 'val')
+    assert cfg.num_eval_imgs == 5
+
+
+def test_evaluation_images_too_small_for_the_network_are_named(dataset_root):
+    root, _ = dataset_root
+    write_item(str(root), 'tiny', np.ones((10, 12), np.uint8))
+    write_split(str(root), 'test.txt', ['0001', 'tiny'])
+    with pytest.raises(DatasetError) as error:
+        RGBXDataset(make_cfg(root), 'val')
+    tiny = os.path.join(str(root), 'RGB', 'tiny.png')
+    assert (f"{tiny}: 12x10 (width x height) is too small to evaluate: at scale 1, the smallest of "
+            f"eval_scale_array, each side must keep at least 32 pixels") in str(error.value)
+    assert '0001' not in str(error.value)
+    # 48x64 at scale 0.5 is 24x32.
+    write_split(str(root), 'test.txt', ['0001'])
+    with pytest.raises(DatasetError, match=r'0001\.png: 64x48 .* at scale 0\.5, the smallest'):
+        RGBXDataset(make_cfg(root, eval_scale_array=[1, 0.5]), 'val')
+    # Training crops and pads every image to the training size: no minimum there.
+    write_split(str(root), 'train.txt', ['0001', 'tiny'])
+    assert RGBXDataset(make_cfg(root), 'train').names == ['0001', 'tiny']

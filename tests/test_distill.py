@@ -127,26 +127,30 @@ def test_models_with_inference_mode_teacher(mask_single):
 
 
 def test_heads_structure():
-    heads = ReconstructHeads((8, 16, 24, 32), ['loss2', 'loss4'], 'mask_hint', 0.5)
+    # Student widths (8, 16, 24, 32) to teacher widths (8, 20, 24, 40).
+    student_widths, teacher_widths = (8, 16, 24, 32), (8, 20, 24, 40)
+    heads = ReconstructHeads(student_widths, teacher_widths, ['loss2', 'loss4'], 'mask_hint', 0.5)
     assert sorted(heads) == ['loss2', 'loss4']
     assert isinstance(heads['loss2'], MaskedHintHead)
-    assert heads['loss4'].align.kernel_size == (1, 1) and heads['loss4'].align.in_channels == 32
-    assert [m.kernel_size for m in heads['loss2'].generate if hasattr(m, 'kernel_size')] == [
-        (3, 3), (3, 3)]
-    features = [torch.randn(1, c, 4, 4) for c in (8, 16, 24, 32)]
+    assert heads['loss4'].align.kernel_size == (1, 1)
+    assert (heads['loss4'].align.in_channels, heads['loss4'].align.out_channels) == (32, 40)
+    assert [(m.in_channels, m.out_channels, m.kernel_size) for m in heads['loss2'].generate
+            if hasattr(m, 'kernel_size')] == [(20, 20, (3, 3)), (20, 20, (3, 3))]
+    features = [torch.randn(1, c, 4, 4) for c in student_widths]
     out = heads(features)
-    assert out['loss2'].shape == (1, 16, 4, 4) and out['loss4'].shape == (1, 32, 4, 4)
-    hint = ReconstructHeads((8, 16, 24, 32), ['loss1'], 'hint', 0.5)
+    assert out['loss2'].shape == (1, 20, 4, 4) and out['loss4'].shape == (1, 40, 4, 4)
+    hint = ReconstructHeads(student_widths, student_widths, ['loss1'], 'hint', 0.5)
     assert isinstance(hint['loss1'], HintHead)
+    assert hint['loss1'].align.weight.shape == (8, 8, 1, 1)
     assert torch.allclose(hint(features)['loss1'], hint['loss1'].align(features[0]))
     with pytest.raises(ValueError, match='mask_single'):
-        ReconstructHeads((8, 16, 24, 32), ['loss1'], 'mgd', 0.5)
+        ReconstructHeads(student_widths, student_widths, ['loss1'], 'mgd', 0.5)
 
 
 def test_mask_keeps_lambda_of_positions():
     torch.manual_seed(0)
     channels = 3
-    head = MaskedHintHead(channels, keep_prob=0.75)
+    head = MaskedHintHead(channels, channels, keep_prob=0.75)
     identity = torch.zeros(channels, channels, 3, 3)
     identity[range(channels), range(channels), 1, 1] = 1
     with torch.no_grad():  # make align and generate identities, so the output is the mask itself

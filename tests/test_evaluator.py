@@ -264,7 +264,7 @@ def test_evaluate_counts_every_pixel_once_in_eval_mode_and_restores_train_mode()
     model.train()
     running_mean = model.norm.running_mean.clone()
     dataset = in_memory_dataset()
-    result = evaluate(model, tiny_cfg(), CPU, 'student', dataset=dataset, progress=False)
+    result = evaluate(model, tiny_cfg(), CPU, dataset, progress=False)
     assert model.training and model.drop.training
     assert torch.equal(model.norm.running_mean, running_mean)
 
@@ -297,16 +297,20 @@ class TeacherProbe(Pointwise):
         return super().forward(rgb)
 
 
+def rgb_only(dataset):
+    """The items an RGB-only run's dataset yields: no 'extra'."""
+    return [{k: v for k, v in item.items() if k != 'extra'} for item in dataset]
+
+
 def test_evaluate_unwraps_ddp_and_gives_the_teacher_rgb_only(tmp_path):
-    dataset = in_memory_dataset(count=2)
+    dataset = rgb_only(in_memory_dataset(count=2))
     teacher = TeacherProbe()
     torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}',
                                          rank=0, world_size=1)
     try:
         wrapped = nn.parallel.DistributedDataParallel(teacher)
         wrapped.forward = None   # evaluate must call the network inside, not the wrapper
-        result = evaluate(wrapped, tiny_cfg(eval_mode='whole'), CPU, 'teacher', dataset=dataset,
-                          progress=False)
+        result = evaluate(wrapped, tiny_cfg(eval_mode='whole'), CPU, dataset, progress=False)
     finally:
         torch.distributed.destroy_process_group()
     assert [call['extra'] for call in teacher.calls] == [None, None]
@@ -326,15 +330,14 @@ def test_unwrap_removes_nested_wrappers():
 @pytest.mark.parametrize('amp, autocast', [('bf16', True), ('none', False), ('auto', False)])
 def test_amp_turns_autocast_on(amp, autocast):
     teacher = TeacherProbe()
-    evaluate(teacher, tiny_cfg(), CPU, 'teacher', dataset=in_memory_dataset(count=1), amp=amp,
-             progress=False)
+    evaluate(teacher, tiny_cfg(), CPU, rgb_only(in_memory_dataset(count=1)), amp=amp, progress=False)
     assert teacher.calls and all(call['autocast'] == autocast for call in teacher.calls)
 
 
 def test_evaluate_saves_label_pngs_and_colour_images(tmp_path):
     dataset = in_memory_dataset(count=3)
     model = Pointwise()
-    evaluate(model, tiny_cfg(), CPU, 'student', dataset=dataset, save_path=str(tmp_path),
+    evaluate(model, tiny_cfg(), CPU, dataset, save_path=str(tmp_path),
              side_by_side=True, progress=False)
     assert sorted(os.listdir(tmp_path / 'pred')) == ['img0.png', 'img1.png', 'img2.png']
     assert sorted(os.listdir(tmp_path / 'color')) == ['img0.png', 'img1.png', 'img2.png']

@@ -17,16 +17,27 @@ from dataloader.transforms import EvalTransform
 from engine.inference import OUTPUT_NAME
 from tools import export, infer
 from tools.synthetic_rooms import make_synthetic_dataset
-from test_val import config, one_thread, opts, random_model  # noqa: F401 (one_thread: a fixture)
+from test_val import one_thread, random_model  # noqa: F401 (one_thread: a fixture)
+from test_val import config as val_config, opts as val_opts
 
 DEMO = os.path.join(REPO_ROOT, 'config', 'demo.py')
 HEIGHT, WIDTH = 48, 64
+NUM_TEST = 2
+
+
+def opts(dataset_root, **changes):
+    """test_val's tiny model settings, for this module's dataset."""
+    return val_opts(dataset_root, num_eval_imgs=NUM_TEST, **changes)
+
+
+def config(dataset_root, **changes):
+    return val_config(dataset_root, num_eval_imgs=NUM_TEST, **changes)
 
 
 @pytest.fixture(scope='module')
 def dataset_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('data') / 'Synthetic')
-    make_synthetic_dataset(root, num_train=1, num_test=2, height=HEIGHT, width=WIDTH, seed=5, workers=1)
+    make_synthetic_dataset(root, num_train=1, num_test=NUM_TEST, height=HEIGHT, width=WIDTH, seed=5, workers=1)
     return root
 
 

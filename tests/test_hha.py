@@ -10,7 +10,7 @@ import scipy.ndimage
 
 from config import REPO_ROOT
 from tools import depth2hha
-from utils.hha import (NYU_CAMERA, angle_with_gravity, depth_to_hha, gravity_direction,
+from utils.hha import (NYU_CAMERA, angle_with_gravity, check_camera, depth_to_hha, gravity_direction,
                        height_above_ground, matlab_uint8, point_cloud, rotation_between,
                        surface_normals)
 
@@ -399,3 +399,64 @@ def test_tool_decodes_sun_rgbd_depth(tmp_path):
              '--cy', camera[1, 2], '--workers', 1)
     expected = depth_to_hha(millimetres / 1000.0, None, camera)
     assert (hha_from_file(tmp_path / 'hha' / 'sun.png') == expected).all()
+
+
+# Camera and depth rules of tools/depth2hha.py: checked before any image is converted.
+
+def small_depth_folder(tmp_path, depths=None):
+    """depth/ with 12x16 depth PNGs (default: one of 2 m everywhere)."""
+    depth_dir = tmp_path / 'depth'
+    depth_dir.mkdir()
+    for name, depth_m in (depths or {'a.png': np.full((12, 16), 2.0)}).items():
+        write_depth_png(depth_dir / name, depth_m)
+    return depth_dir
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--fx', 500], '--fx without --fy --cx --cy: give all four intrinsics, or none'),
+    (['--fx', 500, '--cy', 60], '--fx --cy without --fy --cx: give all four'),
+])
+def test_tool_refuses_half_a_camera(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        run_tool('--depth-dir', small_depth_folder(tmp_path), '--out-dir', tmp_path / 'hha', *flags)
+    assert not (tmp_path / 'hha').exists()
+
+
+def test_tool_refuses_the_nyu_camera_for_another_image_size(tmp_path):
+    depth_dir = small_depth_folder(tmp_path)
+    with pytest.raises(SystemExit, match=r'a\.png: 16x12 depth, but the default NYU Depth V2 camera is for '
+                                         r"640x480 images: give this camera's --fx --fy --cx --cy"):
+        run_tool('--depth-dir', depth_dir, '--out-dir', tmp_path / 'hha')
+    assert not (tmp_path / 'hha').exists()
+
+
+def test_tool_refuses_a_principal_point_outside_the_image(tmp_path):
+    depth_dir = small_depth_folder(tmp_path)
+    with pytest.raises(SystemExit, match=r'a\.png: --fx --fy --cx --cy: the principal point \(cx 325, cy 6\) '
+                                         r'lies outside the 16x12 image'):
+        run_tool('--depth-dir', depth_dir, '--out-dir', tmp_path / 'hha', '--fx', 13, '--fy', 13,
+                 '--cx', 325, '--cy', 6)
+    assert not (tmp_path / 'hha').exists()
+
+
+def test_tool_prints_the_camera_and_names_a_depth_without_measurements(tmp_path, capsys):
+    depth_dir = small_depth_folder(tmp_path, {'good.png': np.full((12, 16), 2.0),
+                                              'zero.png': np.zeros((12, 16))})
+    with pytest.raises(SystemExit, match=r'1 of 2 files failed:\n.*zero\.png: no pixel has a measured depth'):
+        run_tool('--depth-dir', depth_dir, '--out-dir', tmp_path / 'hha', '--format', 'png', '--workers', 1,
+                 '--fx', 13, '--fy', 13.5, '--cx', 8.5, '--cy', 6.5)
+    assert 'camera: fx 13.00, fy 13.50, cx 8.50, cy 6.50 (--fx --fy --cx --cy)' in capsys.readouterr().out
+    assert os.listdir(tmp_path / 'hha') == ['good.png']
+
+
+def test_check_camera():
+    camera = np.array([[13.0, 0.0, 8.5], [0.0, 13.0, 6.5], [0.0, 0.0, 1.0]])
+    assert (check_camera(camera, 12, 16) == camera).all()
+    with pytest.raises(ValueError, match=r'principal point \(cx 8.5, cy 6.5\) lies outside the 8x12 image'):
+        check_camera(camera, 12, 8)
+    with pytest.raises(ValueError, match='fx, fy > 0'):
+        check_camera(np.diag([-1.0, 1.0, 1.0]), 12, 16)
+    with pytest.raises(ValueError, match='finite'):
+        check_camera(np.full((3, 3), np.nan), 12, 16)
+    with pytest.raises(ValueError, match='no pixel has a measured depth'):
+        depth_to_hha(np.zeros((12, 16)), None, camera)

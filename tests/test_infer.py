@@ -16,17 +16,27 @@ import val
 from config import REPO_ROOT
 from models.weight_layouts import to_official_state_dict
 from tools import infer
-from tools.depth2hha import read_depth_png
 from tools.synthetic_rooms import make_synthetic_dataset, scaled_camera
+from utils.conversion import read_depth_png
 from utils.hha import inpainted_hha
 from utils.visualize import SEPARATOR_WIDTH, colorize
 from test_hha import NYU_DEPTH_SCALE, agreement, assert_matches_matlab, fixture_path
-from test_val import config, one_thread, opts, random_model  # noqa: F401 (one_thread: a fixture)
+from test_val import one_thread, random_model  # noqa: F401 (one_thread: a fixture)
+from test_val import config as val_config, opts as val_opts
 
 HEIGHT, WIDTH = 48, 64
 NUM_TEST = 3
 # Windows of 40x48 over a 48x64 image, at scales 0.75 and 1, with flip: the evaluator's full path.
 PREDICTION = ['--sliding', '--scales', '0.75', '1', '--flip']
+
+
+def opts(dataset_root, **changes):
+    """test_val's tiny model settings, for this module's dataset."""
+    return val_opts(dataset_root, num_eval_imgs=NUM_TEST, **changes)
+
+
+def config(dataset_root, **changes):
+    return val_config(dataset_root, num_eval_imgs=NUM_TEST, **changes)
 
 
 @pytest.fixture(scope='module')
@@ -180,7 +190,7 @@ BAD_INPUT = {
     'some of the camera': (dict(names=PAIRED), 'student', ['DEPTH', '--fx', '50', '--cy', '20'],
                            ['--depth needs the camera', 'got only --fx, --cy']),
     'preset of another size': (dict(names=PAIRED), 'student', ['DEPTH', '--camera', 'nyu'],
-                               ['--camera', '480x640', 'a.png is 48x64', '--fx --fy --cx --cy']),
+                               ['a.png: 64x48 depth, but --camera nyu is for 640x480', '--fx --fy --cx --cy']),
     'teacher checkpoint as student': (dict(names=PAIRED), 'teacher', ['DEPTH', 'CAMERA', '--mode', 'student'],
                                       ['teacher.pth is a teacher checkpoint', '--mode student']),
     'student without depth': (dict(names={'rgb': ['a'], 'depth': []}), 'student', [],
@@ -196,7 +206,8 @@ BAD_INPUT = {
 def test_bad_input_is_one_line_before_any_output(case, dataset_root, checkpoints, tmp_path, capsys):
     inputs, checkpoint, flags, fragments = BAD_INPUT[case]
     make_inputs(tmp_path, **inputs)
-    tokens = {'DEPTH': ['--depth', str(tmp_path / 'depth')], 'CAMERA': camera_flags()}
+    tokens = {'DEPTH': ['--depth', str(tmp_path / 'depth')],
+              'CAMERA': camera_flags(inputs.get('height', HEIGHT), inputs.get('width', WIDTH))}
     flags = [part for flag in flags for part in tokens.get(flag, [flag])]
     out = tmp_path / 'out'
     with pytest.raises(SystemExit) as exit_info:

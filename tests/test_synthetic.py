@@ -45,7 +45,7 @@ def test_demo_config_loads_the_generated_dataset(tmp_path):
     with open(root / 'train.txt') as f:
         assert f.read().split() == ['0000', '0001', '0002', '0003', '0004', '0005']
     cfg = load_config(os.path.join(REPO_ROOT, 'config', 'demo.py'),
-                      {'dataset_path': str(root), 'niters_per_epoch': 2})
+                      {'dataset_path': str(root), 'niters_per_epoch': 2, 'num_train_imgs': 6, 'num_eval_imgs': 3})
     assert tuple(cfg.class_names) == CLASS_NAMES
     train, val = RGBXDataset(cfg, 'train'), RGBXDataset(cfg, 'val')
     assert len(train) == 2 * cfg.batch_size and len(val) == 3

@@ -263,7 +263,6 @@ def test_missing_inputs_are_reported_before_work(dataset, tmp_path, flags, opts,
 
 DRIVER = '''
 import json, os, sys
-sys.path.insert(0, {repo!r})
 run_dir = {run_dir!r}
 writes = []
 def audit(event, args):
@@ -287,7 +286,7 @@ def test_two_process_torchrun_training(dataset, teacher_checkpoint, tmp_path):
     log_dir, out = str(tmp_path / 'run'), str(tmp_path / 'out')
     os.makedirs(out)
     driver = tmp_path / 'driver.py'
-    driver.write_text(DRIVER.format(repo=REPO_ROOT, run_dir=log_dir, out=out))
+    driver.write_text(DRIVER.format(run_dir=log_dir, out=out))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',

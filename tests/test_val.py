@@ -43,7 +43,7 @@ def dataset_root(tmp_path_factory):
 
 def opts(dataset_root, **changes):
     values = {'dataset_path': dataset_root, 'backbone': 'mit_b0', 'decoder_embed_dim': 16,
-              'num_workers': 0, 'eval_crop_size': [40, 48], 'pretrained_model': None}
+              'num_workers': 0, 'eval_crop_size': [40, 48], 'pretrained_model': None, 'num_eval_imgs': NUM_IMAGES}
     values.update(changes)
     return ['--opts'] + [f'{k}={v!r}' for k, v in values.items()]
 

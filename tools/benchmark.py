@@ -47,12 +47,6 @@ the main process, and through train.py's loader with 0 and the config's num_work
 slow loader cannot hide behind the model's figures.
 """
 import argparse
-import ctypes
-import datetime
-import gc
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -61,24 +55,23 @@ from typing import NamedTuple, Optional
 import timm
 import torch
 
-# Run as `python tools/benchmark.py`: make the repository's packages importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import ConfigError, add_config_args, config_from_args  # noqa: E402
-from dataloader.dataset import DatasetError, RGBXDataset  # noqa: E402
-from dataloader.loader import build_train_loader  # noqa: E402
-from dataloader.transforms import TrainTransform  # noqa: E402
-from engine.distributed import DistInfo  # noqa: E402
-from engine.evaluator import predict_probabilities  # noqa: E402
-from engine.logger import RunLogger  # noqa: E402
-from engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from engine.rng import seed_everything  # noqa: E402
-from engine.amp import autocast, unsupported_amp  # noqa: E402
-from engine.trainer import train_one_epoch  # noqa: E402
-from models.builder import build_model  # noqa: E402
-from models.distill import feature_term_on, kl_term_on  # noqa: E402
-from utils.io import check_output_file, write_json  # noqa: E402
-from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops  # noqa: E402
-from utils.modules import unwrap_model  # noqa: E402
+from config import ConfigError, add_config_args, config_from_args
+from dataloader.dataset import DatasetError
+from dataloader.loader import build_train_loader
+from dataloader.transforms import TrainTransform
+from engine.amp import autocast, unsupported_amp
+from engine.devices import DeviceError, gpu_count
+from engine.distributed import DistInfo
+from engine.evaluator import predict_probabilities
+from engine.logger import RunLogger
+from engine.optim import build_optimizer, build_scheduler
+from engine.rng import seed_everything
+from engine.run_spec import RunSpec
+from engine.trainer import train_one_epoch
+from utils.benchmarking import PeakMemory, device_info, provenance, summary_ms, synchronize, timed_runs
+from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops
+from utils.io import check_output_file, write_json
+from utils.modules import unwrap_model
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 OPTIONS = ('channels_last', 'compile')
@@ -150,10 +143,10 @@ def get_args_parser():
 
 def check_args(args, parser, cfg):
     """Every user error, before any work."""
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda: CUDA is not available on this machine')
-    device = torch.device('cuda' if args.device == 'cuda' or (args.device == 'auto'
-                                                               and torch.cuda.is_available()) else 'cpu')
+    try:  # the same GPU check as train.py: a GPU torch cannot use is an error, not a CPU run
+        device = torch.device('cuda' if gpu_count(args.device) else 'cpu')
+    except DeviceError as e:
+        parser.error(str(e))
     batch = cfg.batch_size if args.batch is None else args.batch
     height, width = args.size or (cfg.image_height, cfg.image_width)
     if batch < 1:
@@ -183,14 +176,11 @@ def unsupported(variant: Variant, device: torch.device) -> Optional[str]:
     return unsupported_amp('none' if variant.precision == 'fp32' else variant.precision, device)
 
 
-def synchronize(device: torch.device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 class TimedBatches:
     """Stands in for the training loader: yields one batch `steps` times and records the time each
     step starts, after synchronising the device (so the previous step's kernels are finished)."""
+
+    accumulation = 1   # one batch per optimizer step
 
     def __init__(self, batch: dict, steps: int, device: torch.device):
         self.batch, self.steps, self.device = batch, steps, device
@@ -215,119 +205,67 @@ class TimedBatches:
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-class PeakMemory:
-    """Peak memory a block of work adds: CUDA's allocator peak, or on Linux the rise of the peak
-    resident set size (VmHWM, reset through /proc/self/clear_refs), over the start of the block.
-    restart_peak() forgets the peak so far (warm-up), not what is still held. `megabytes` is None
-    where neither is available."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = 'cuda max_memory_allocated' if device.type == 'cuda' else 'cpu peak RSS increase'
-        self.megabytes = None
-
-    @staticmethod
-    def _status_kib(field):
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-        raise OSError(f'{field} not in /proc/self/status')
-
-    def restart_peak(self) -> bool:
-        """Sets the peak to what is held now; False where the peak cannot be read."""
-        gc.collect()
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return True
-        try:
-            # Freed heap goes back to the system, so earlier work does not lend this block memory.
-            ctypes.CDLL('libc.so.6').malloc_trim(0)
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')  # resets VmHWM to the current RSS
-            return True
-        except OSError:
-            return False
-
-    def __enter__(self):
-        if not self.restart_peak():
-            self.start = None
-        elif self.device.type == 'cuda':
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.start = self._status_kib('VmRSS')
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-            self.megabytes = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2 ** 20
-        elif self.start is not None:
-            self.megabytes = (self._status_kib('VmHWM') - self.start) / 1024
-        return False
-
-
-def random_batch(batch, size, num_classes, device, seed=0):
-    """What the training loader yields: normalised-looking inputs and labels, pinned on CUDA."""
+def random_batch(spec, batch, size, num_classes, device, seed=0):
+    """What the training loader yields for the run: normalised-looking inputs and labels, pinned on
+    CUDA."""
     generator = torch.Generator().manual_seed(seed)
     tensors = {'rgb': torch.randn(batch, 3, *size, generator=generator),
                'extra': torch.randn(batch, 3, *size, generator=generator),
                'label': torch.randint(0, num_classes, (batch, *size), generator=generator)}
+    if not spec.extra:
+        del tensors['extra']
     if device.type == 'cuda':
         tensors = {k: v.pin_memory() for k, v in tensors.items()}
     return {**tensors, 'name': [f'random_{i}' for i in range(batch)]}
 
 
-def build_models(cfg, mode, device):
-    """(model under training, frozen teacher or None), as train.py builds them."""
+def build_models(cfg, spec, device):
+    """(model under training, frozen teacher or None), as train.py builds them (random weights)."""
     seed_everything(cfg.seed)
-    model = build_model(cfg, mode, distill=mode == 'student' and feature_term_on(cfg))
-    teacher = None
-    if mode == 'student' and (kl_term_on(cfg) or feature_term_on(cfg)):
-        teacher = build_model(cfg, 'teacher').eval().requires_grad_(False).to(device)
-    return model.to(device), teacher
+    return spec.build_model(cfg).to(device), spec.build_teacher(cfg, device, load=False)
 
 
-def count_step_flops(cfg, mode, device, batch):
+def first_images(batch, count, device):
+    """(rgb, extra or None) of the first `count` images of a batch, on `device`."""
+    return tuple(batch[k][:count].to(device, non_blocking=True) if k in batch else None for k in ('rgb', 'extra'))
+
+
+def count_step_flops(cfg, spec, device, batch):
     """FLOPs of one training step (TRAINING_FLOPS_CONVENTION) and of one evaluation image."""
-    model, teacher = build_models(cfg, mode, device)
+    model, teacher = build_models(cfg, spec, device)
     model.eval()
-    rgb, extra = batch['rgb'].to(device), batch['extra'].to(device)
-    inputs = (rgb, extra) if mode == 'student' else (rgb,)
-    model_flops = count_flops(lambda: model(*inputs))['Global']
-    teacher_flops = count_flops(lambda: teacher(rgb))['Global'] if teacher is not None else 0
-    eval_flops = count_flops(lambda: predict_eval(model, cfg, mode, rgb[:1], extra[:1]))['Global']
+    rgb, extra = first_images(batch, len(batch['name']), device)
+    model_flops = count_flops(lambda: model(rgb, extra))['Global']
+    teacher_flops = count_flops(lambda: teacher(rgb, extra))['Global'] if teacher is not None else 0
+    eval_flops = count_flops(lambda: predict_eval(model, cfg, *first_images(batch, 1, device)))['Global']
     return {'convention': TRAINING_FLOPS_CONVENTION, 'model_forward': model_flops,
             'teacher_forward': teacher_flops,
             'train_step': training_step_flops(model_flops, teacher_flops), 'eval_image': eval_flops}
 
 
-def predict_eval(network, cfg, mode, rgb, extra):
-    return predict_probabilities(network, rgb, extra if mode == 'student' else None,
-                                 mode=cfg.eval_mode, scales=[1.0], flip=False,
+def predict_eval(network, cfg, rgb, extra):
+    return predict_probabilities(network, rgb, extra, mode=cfg.eval_mode, scales=[1.0], flip=False,
                                  crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate,
                                  max_batch=cfg.eval_max_batch)
 
 
 def timing_figures(seconds, images, flops, peak_tflops):
-    median = statistics.median(seconds)
+    figures = summary_ms(seconds)
+    median = figures['ms_median'] / 1e3
     tflops = flops / median / 1e12
-    return {'images_per_s': images / median, 'ms_median': median * 1e3, 'ms_min': min(seconds) * 1e3,
-            'ms_max': max(seconds) * 1e3, 'tflops': tflops,
+    return {'images_per_s': images / median, **figures, 'tflops': tflops,
             'mfu': tflops / peak_tflops if peak_tflops else None,
             'step_ms': [round(s * 1e3, 3) for s in seconds]}
 
 
-def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
+def run_variant(cfg, spec, args, variant, device, batch, flops, peak_tflops):
     """Training (and with --eval, evaluation) figures of one variant."""
     cfg = type(cfg)(dict(cfg), channels_last=variant.channels_last, compile=variant.compile)
     amp_dtype = variant.amp_dtype
     result = {'variant': variant.name}
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     with PeakMemory(device) as memory:
-        model, teacher = build_models(cfg, args.mode, device)
+        model, teacher = build_models(cfg, spec, device)
         if variant.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, cfg)
@@ -339,7 +277,7 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
             def run_steps(steps):
                 timed = TimedBatches(batch, steps, device)
                 train_one_epoch(train_model, teacher, timed, optimizer, scheduler, scaler, cfg, 1,
-                                device, amp_dtype, logger, args.mode)
+                                device, amp_dtype, logger)
                 return timed.step_seconds()
 
             try:
@@ -353,45 +291,14 @@ def run_variant(cfg, args, variant, device, batch, flops, peak_tflops):
     if args.eval:
         # As engine.evaluator.evaluate: the plain network (not compiled) in eval mode, one image.
         network = unwrap_model(train_model).eval()
-        rgb, extra = batch['rgb'][:1], batch['extra'][:1]
-        seconds = []
+        rgb, extra = first_images(batch, 1, device)
         with PeakMemory(device) as memory, torch.inference_mode(), autocast(device, amp_dtype):
-            for i in range(args.warmup + args.steps):
-                if i == args.warmup:
-                    memory.restart_peak()
-                synchronize(device)
-                start = time.perf_counter()
-                predict_eval(network, cfg, args.mode, rgb.to(device, non_blocking=True),
-                             extra.to(device, non_blocking=True))
-                synchronize(device)
-                if i >= args.warmup:
-                    seconds.append(time.perf_counter() - start)
+            timed_runs(lambda: predict_eval(network, cfg, rgb, extra), 0, args.warmup, device)
+            memory.restart_peak()
+            seconds = timed_runs(lambda: predict_eval(network, cfg, rgb, extra), args.steps, 0, device)
         result['eval'] = timing_figures(seconds, 1, flops['eval_image'], peak_tflops)
         result['eval']['peak_memory_mb'] = memory.megabytes  # on top of the trained model's
     return result
-
-
-def device_info(device):
-    info = {'type': device.type, 'threads': torch.get_num_threads()}
-    if device.type == 'cuda':
-        major, minor = torch.cuda.get_device_capability(device)
-        info.update(name=torch.cuda.get_device_name(device), capability=f'{major}.{minor}',
-                    memory_gb=round(torch.cuda.get_device_properties(device).total_memory / 2 ** 30, 1),
-                    float32_matmul_precision=torch.get_float32_matmul_precision(),
-                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
-    else:
-        cpuinfo = {}
-        if os.path.isfile('/proc/cpuinfo'):
-            with open('/proc/cpuinfo') as f:
-                for line in f:
-                    key, _, value = line.partition(':')
-                    cpuinfo.setdefault(key.strip(), value.strip())
-        flags = set(cpuinfo.get('flags', '').split())
-        info.update(name=cpuinfo.get('model name') or platform.processor() or 'unknown CPU',
-                    family_model=f"{cpuinfo.get('cpu family', '?')}/{cpuinfo.get('model', '?')}",
-                    cores=os.cpu_count(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                    native_bf16=bool(flags & {'avx512_bf16', 'amx_bf16'}))
-    return info
 
 
 def known_peak(gpu_name: Optional[str], precision: str, override: Optional[float]):
@@ -405,20 +312,17 @@ def known_peak(gpu_name: Optional[str], precision: str, override: Optional[float
     return None, 'unknown (give --peak-tflops)'
 
 
-def benchmark_loader(cfg, batch, size, steps, warmup, device):
+def benchmark_loader(cfg, spec, batch, size, steps, warmup, device):
     """Images/s of reading + training augmentation: per image in this process, and through the
     training loader with 0 and cfg.num_workers worker processes. With W workers at least 8 W batches
     are timed, so that the batches the workers prepared during start-up do not inflate the rate."""
     timed = {workers: max(steps, 8 * workers) for workers in sorted({0, cfg.num_workers})}
     cfg = type(cfg)(dict(cfg), batch_size=batch, image_height=size[0], image_width=size[1],
                     niters_per_epoch=warmup + max(timed.values()))
-    dataset = RGBXDataset(cfg, 'train', TrainTransform(cfg))
-    seconds = []
-    for i in range((warmup + steps) * batch):
-        start = time.perf_counter()
-        dataset[(i, i)]
-        seconds.append(time.perf_counter() - start)
-    per_image = statistics.median(seconds[warmup:])
+    dataset = spec.dataset(cfg, 'train', TrainTransform(cfg))
+    images = iter(range((warmup + steps) * batch))
+    seconds = timed_runs(lambda: dataset[(next(images),) * 2], steps * batch, warmup * batch)
+    per_image = summary_ms(seconds)['ms_median'] / 1e3
     result = {'per_image_ms': per_image * 1e3, 'images_per_s_per_worker': 1 / per_image,
               'workers': {}}
     for workers, batches in timed.items():
@@ -472,15 +376,16 @@ def main(argv=None):
     cfg = config_from_args(args, parser)
     device, batch_size, size, variants = check_args(args, parser, cfg)
     cfg.batch_size = batch_size
+    spec = RunSpec.from_config(cfg, args.mode)
     if args.loader:  # the dataset must be there before any timing starts
         try:
-            RGBXDataset(cfg, 'train', TrainTransform(cfg))
+            spec.dataset(cfg, 'train', TrainTransform(cfg))
         except (DatasetError, ConfigError) as e:
             parser.error(f'--loader: {e}')
 
     started = time.perf_counter()
-    batch = random_batch(batch_size, size, cfg.num_classes, device, cfg.seed)
-    flops = count_step_flops(cfg, args.mode, device, batch)
+    batch = random_batch(spec, batch_size, size, cfg.num_classes, device, cfg.seed)
+    flops = count_step_flops(cfg, spec, device, batch)
     print(f"{args.config}: {args.mode} {cfg.backbone}, batch {batch_size} x {size[0]}x{size[1]} on "
           f"{device_info(device)['name']}; {args.warmup} warm-up + {args.steps} timed steps per variant")
     teacher_term = (f" + {flops['teacher_forward'] / 1e9:.2f} (teacher forward)"
@@ -502,7 +407,7 @@ def main(argv=None):
             continue
         print(f'{variant.name} ...', flush=True)
         try:
-            results.append(run_variant(cfg, args, variant, device, batch, flops, peak))
+            results.append(run_variant(cfg, spec, args, variant, device, batch, flops, peak))
         except Exception as e:  # a failed compile (or any failure) is that variant's row only
             message = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
             print(f'{variant.name}: failed: {message}', file=sys.stderr)
@@ -524,7 +429,7 @@ def main(argv=None):
 
     loader = None
     if args.loader:
-        loader = benchmark_loader(cfg, batch_size, size, args.steps, args.warmup, device)
+        loader = benchmark_loader(cfg, spec, batch_size, size, args.steps, args.warmup, device)
         best = max((r['train']['images_per_s'] for r in results if 'train' in r), default=None)
         print(f"\ndata loading ({cfg.dataset_path}, training augmentation, {size[0]}x{size[1]}): "
               f"{loader['per_image_ms']:.1f} ms per image = {loader['images_per_s_per_worker']:.1f} "
@@ -535,10 +440,9 @@ def main(argv=None):
             print(f'  training loader, {workers} workers: {rate:.1f} images/s{verdict}')
 
     report = {
-        'tool': 'tools/benchmark.py', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'command': ' '.join(['python', 'tools/benchmark.py', *(sys.argv[1:] if argv is None else argv)]),
+        **provenance('tools/benchmark.py', argv),
         'device': device_info(device),
-        'versions': {'python': platform.python_version(), 'torch': torch.__version__,
+        'versions': {'torch': torch.__version__,
                      'timm': timm.__version__, 'cuda': torch.version.cuda,
                      'cudnn': torch.backends.cudnn.version() if device.type == 'cuda' else None},
         'config': args.config, 'mode': args.mode, 'backbone': cfg.backbone, 'batch': batch_size,

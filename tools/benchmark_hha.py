@@ -11,16 +11,13 @@ for _variable in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
     os.environ[_variable] = '1'
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)  # run as `python tools/benchmark_hha.py`
+from config import REPO_ROOT  # noqa: E402
+from utils.benchmarking import cpu_info, provenance, summary_ms, timed_runs  # noqa: E402
 from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
 from utils.io import check_output_file, write_json  # noqa: E402
 
@@ -41,14 +38,6 @@ def get_args_parser():
                         help='also write the results to this JSON file (the committed figures: '
                              'benchmarks/hha_cpu.json)')
     return parser
-
-
-def cpu_model():
-    with open('/proc/cpuinfo') as f:
-        for line in f:
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    return platform.processor() or 'unknown'
 
 
 def read_depth(path):
@@ -73,28 +62,21 @@ def main(argv=None):
 
     depth_m = read_depth(args.depth) / args.depth_scale
     missing = read_depth(args.raw) == 0 if args.raw else None
-    for _ in range(args.warmup):
-        depth_to_hha(depth_m, missing, NYU_CAMERA)
-    times_ms = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        depth_to_hha(depth_m, missing, NYU_CAMERA)
-        times_ms.append((time.perf_counter() - start) * 1000.0)
-
-    median_ms = float(np.median(times_ms))
+    figures = summary_ms(timed_runs(lambda: depth_to_hha(depth_m, missing, NYU_CAMERA), args.runs, args.warmup))
+    median_ms = figures['ms_median']
     result = {
+        **provenance('tools/benchmark_hha.py', argv),
         'function': 'utils.hha.depth_to_hha',
         'input': {'depth': os.path.relpath(args.depth, REPO_ROOT), 'height': depth_m.shape[0],
                   'width': depth_m.shape[1], 'missing_mask': bool(args.raw)},
         'threads': 1, 'cpu_core': core, 'runs': args.runs, 'warmup': args.warmup,
-        'median_ms': round(median_ms, 2), 'min_ms': round(min(times_ms), 2),
-        'max_ms': round(max(times_ms), 2), 'frames_per_s': round(1000.0 / median_ms, 2),
-        'device': cpu_model(), 'python': platform.python_version(), 'numpy': np.__version__,
-        'opencv': cv2.__version__, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
+        'median_ms': round(median_ms, 2), 'min_ms': round(figures['ms_min'], 2),
+        'max_ms': round(figures['ms_max'], 2), 'frames_per_s': round(1000.0 / median_ms, 2),
+        'device': cpu_info()['name'], 'numpy': np.__version__, 'opencv': cv2.__version__,
     }
     rows = [('frame', f'{depth_m.shape[0]}x{depth_m.shape[1]}'),
             ('ms/frame (median)', f'{median_ms:.1f}'),
-            ('ms/frame (min / max)', f'{min(times_ms):.1f} / {max(times_ms):.1f}'),
+            ('ms/frame (min / max)', f'{figures["ms_min"]:.1f} / {figures["ms_max"]:.1f}'),
             ('frames/s', f'{1000.0 / median_ms:.1f}'),
             ('runs (warm-up)', f'{args.runs} ({args.warmup})'),
             ('device', f'{result["device"]}, 1 core (#{core}), 1 thread'),

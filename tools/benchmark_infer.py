@@ -8,33 +8,29 @@ What is timed: one image of --size through engine.evaluator.predict_probabilitie
 val.py and tools/infer.py (the config's eval_mode and eval_crop_size, scale 1, no flip: one window
 at 480x640 with the NYU configs), on random weights and random normalised inputs. HHA is not
 included (tools/benchmark_hha.py times it). Per variant: the median, min and max of --repeats runs
-after --warmup untimed ones, the device synchronised around each run, and the fraction of pixels
-whose predicted class equals torch fp32's. The onnxruntime file is exported once per backbone
-(tools/export.py's exporter, the input size fixed to --size) and runs on the CPU with as many threads
-as torch uses; torch runs on --device. A variant the device cannot run is an error in its row.
+after --warmup untimed ones (utils.benchmarking.timed_runs: the device synchronised around each
+run), and the fraction of pixels whose predicted class (of one more run) equals torch fp32's. The
+onnxruntime file is exported once per backbone (tools/export.py's exporter, the input size fixed to
+--size) and runs on the CPU with as many threads as torch uses; torch runs on --device. A variant
+the device cannot run is an error in its row.
 """
 import argparse
-import datetime
+import importlib.metadata
 import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 
-import onnx
-import onnxruntime
-import onnxscript
 import timm
 import torch
 
 from config import add_config_args, config_from_args
 from engine.amp import autocast, unsupported_amp
+from engine.devices import DeviceError, gpu_count
 from engine.evaluator import predict_probabilities
-from engine.inference import MIN_INPUT_SIDE, OnnxNetwork, export_onnx
-from models.builder import build_model
-from models.encoders.mit import MIT_SIZES
-from tools.benchmark import device_info, synchronize
+from engine.inference import ONNX_PACKAGES, InferenceError, OnnxNetwork, export_onnx, require_onnx_packages
+from engine.run_spec import RunSpec
+from models.encoders.mit import LAST_STAGE_STRIDE, MIT_SIZES
+from utils.benchmarking import device_info, provenance, summary_ms, timed_runs
 from utils.io import check_output_file, write_json
 
 VARIANTS = ('torch fp32', 'torch bf16', 'onnxruntime')
@@ -61,10 +57,13 @@ def get_args_parser():
 
 def check_args(args, parser):
     """The torch device; every bad flag before any work."""
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda: CUDA is not available on this machine')
-    if min(args.size) < MIN_INPUT_SIDE:
-        parser.error(f'--size must be at least {MIN_INPUT_SIDE} a side, got {args.size[0]} {args.size[1]}')
+    try:  # the GPU check of train.py and tools/benchmark.py
+        device = torch.device('cuda' if gpu_count(args.device) else 'cpu')
+        require_onnx_packages()
+    except (DeviceError, InferenceError) as e:
+        parser.error(str(e))
+    if min(args.size) < LAST_STAGE_STRIDE:
+        parser.error(f'--size must be at least {LAST_STAGE_STRIDE} a side, got {args.size[0]} {args.size[1]}')
     if args.repeats < 1 or args.warmup < 1:
         parser.error(f'--repeats and --warmup must be at least 1, got {args.repeats} and {args.warmup}')
     if args.json:
@@ -74,27 +73,12 @@ def check_args(args, parser):
             check_output_file(args.json)
         except OSError as e:
             parser.error(f'--json {args.json}: {e}')
-    use_cuda = args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available())
-    return torch.device('cuda' if use_cuda else 'cpu')
-
-
-def time_runs(run, device, warmup, repeats):
-    """(seconds of each timed run, the last run's output)."""
-    seconds = []
-    for i in range(warmup + repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        output = run()
-        synchronize(device)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    return seconds, output
+    return device
 
 
 def figures(seconds, prediction, reference):
-    median = statistics.median(seconds)
-    return {'ms_median': median * 1e3, 'ms_min': min(seconds) * 1e3, 'ms_max': max(seconds) * 1e3,
-            'images_per_s': 1 / median, 'ms': [round(s * 1e3, 3) for s in seconds],
+    summary = summary_ms(seconds)
+    return {**summary, 'images_per_s': 1e3 / summary['ms_median'], 'ms': [round(s * 1e3, 3) for s in seconds],
             'agreement_vs_fp32': (prediction == reference).float().mean().item()}
 
 
@@ -102,7 +86,7 @@ def benchmark_backbone(cfg, args, backbone, device):
     """[row per variant] for one encoder size."""
     cfg = type(cfg)(dict(cfg), backbone=backbone)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, args.mode).eval()
+    model = RunSpec.for_evaluation(args.mode).build_model(cfg).eval()
     generator = torch.Generator().manual_seed(cfg.seed)
     rgb = torch.randn(1, 3, *args.size, generator=generator)
     extra = torch.randn(1, 3, *args.size, generator=generator) if args.mode == 'student' else None
@@ -131,7 +115,8 @@ def benchmark_backbone(cfg, args, backbone, device):
                     return predict_probabilities(network, *inputs, **prediction).argmax(dim=1).cpu()
 
             print(f'{backbone} {variant} ...', flush=True)
-            seconds, predicted = time_runs(run, where, args.warmup, args.repeats)
+            seconds = timed_runs(run, args.repeats, args.warmup, where)
+            predicted = run()
             reference = predicted if variant == REFERENCE else reference
             rows.append({**row, **figures(seconds, predicted, reference)})
     for row in rows:
@@ -165,12 +150,10 @@ def main(argv=None):
     rows = [row for backbone in args.backbones for row in benchmark_backbone(cfg, args, backbone, device)]
     print_table(rows)
     report = {
-        'tool': 'tools/benchmark_infer.py', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'command': ' '.join(['python', 'tools/benchmark_infer.py', *(sys.argv[1:] if argv is None else argv)]),
+        **provenance('tools/benchmark_infer.py', argv),
         'device': device_info(device), 'onnxruntime_device': device_info(torch.device('cpu')),
-        'versions': {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
-                     'onnx': onnx.__version__, 'onnxruntime': onnxruntime.__version__,
-                     'onnxscript': onnxscript.__version__, 'cuda': torch.version.cuda},
+        'versions': {'torch': torch.__version__, 'timm': timm.__version__, 'cuda': torch.version.cuda,
+                     **{name: importlib.metadata.version(name) for name in ONNX_PACKAGES}},
         'config': args.config, 'mode': args.mode, 'size': list(args.size), 'eval_mode': cfg.eval_mode,
         'crop_size': cfg.eval_crop_size, 'decoder_embed_dim': cfg.decoder_embed_dim,
         'warmup': args.warmup, 'repeats': args.repeats, 'results': rows,

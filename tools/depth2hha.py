@@ -13,6 +13,10 @@ back as (v >> 3) | (v << 13)): pass --depth-encoding sun-rgbd (millimetres are t
 and run the tool once per camera with that camera's intrinsics (each SUN-RGBD image comes with
 its own intrinsics file).
 
+The camera is all four of --fx --fy --cx --cy, or none of them: the NYU colour camera, which is
+refused for depth images of another size than 480x640. A principal point outside an image is
+refused, and the camera used is printed. A depth image without any measured pixel is an error.
+
 Depth values are PNG value / --depth-scale metres (default 1000: millimetres; the shared NYU
 fixture frame uses 10000). With --raw-dir, pixels whose raw depth (same file name) is 0 are left
 out of the normal estimation. The MATLAB HHA of the NYU fixture frame was made without such a mask
@@ -23,6 +27,7 @@ import argparse
 import functools
 import multiprocessing
 import os
+import struct
 import sys
 from typing import NamedTuple
 
@@ -30,17 +35,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-# Run as `python tools/depth2hha.py`: make the repository's packages importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.conversion import DEPTH_ENCODINGS, InputError, read_depth_png
+from utils.hha import NYU_CAMERA, NYU_IMAGE_SIZE, check_camera, depth_to_hha
+from utils.io import atomic_write
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 PNG_GREY = 0
-
-
-class ConversionError(ValueError):
-    """A bad input folder or file; the message names it."""
+CAMERA_FLAGS = ('fx', 'fy', 'cx', 'cy')
 
 
 def get_args_parser():
@@ -55,16 +56,17 @@ def get_args_parser():
     parser.add_argument('--raw-dir', default=None,
                         help='optional folder of raw 16-bit depth PNGs with the same names; '
                              'their zeros mark pixels left out of the normal estimation')
-    parser.add_argument('--depth-encoding', choices=('plain', 'sun-rgbd'), default='plain',
+    parser.add_argument('--depth-encoding', choices=DEPTH_ENCODINGS, default='plain',
                         help='plain: PNG value = depth x depth-scale; sun-rgbd: the value rotated '
                              'left by 3 bits, as SUN-RGBD stores it')
     parser.add_argument('--depth-scale', type=float, default=1000.0,
                         help='PNG value / depth-scale = metres (1000: millimetres; '
                              '10000 for the NYU reference frame the tests use)')
-    parser.add_argument('--fx', type=float, default=NYU_CAMERA[0, 0], help='focal length x (px)')
-    parser.add_argument('--fy', type=float, default=NYU_CAMERA[1, 1], help='focal length y (px)')
-    parser.add_argument('--cx', type=float, default=NYU_CAMERA[0, 2], help='principal point x (px)')
-    parser.add_argument('--cy', type=float, default=NYU_CAMERA[1, 2], help='principal point y (px)')
+    camera = parser.add_argument_group('camera', 'all four intrinsics, or none: the NYU Depth V2 colour '
+                                                 'camera, for 480x640 depth only')
+    for flag, what in zip(CAMERA_FLAGS, ('focal length x', 'focal length y', 'principal point x',
+                                         'principal point y')):
+        camera.add_argument(f'--{flag}', type=float, help=f'{what} (px)')
     parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)),
                         help='worker processes (all available cores)')
     parser.add_argument('--overwrite', action='store_true', help='redo existing outputs')
@@ -72,27 +74,59 @@ def get_args_parser():
 
 
 def check_png_header(path):
-    """Raises ConversionError unless ``path`` starts like a 16-bit greyscale PNG (cheap: 26 bytes)."""
+    """Raises InputError unless ``path`` starts like a 16-bit greyscale PNG (cheap: 26 bytes)."""
     with open(path, 'rb') as f:
         header = f.read(26)
     if len(header) < 26 or not header.startswith(PNG_SIGNATURE) or header[12:16] != b'IHDR':
-        raise ConversionError(f'{path}: not a PNG file')
+        raise InputError(f'{path}: not a PNG file')
     bit_depth, colour_type = header[24], header[25]
     if bit_depth != 16 or colour_type != PNG_GREY:
-        raise ConversionError(f'{path}: expected a 16-bit greyscale depth PNG, got bit depth '
-                              f'{bit_depth} and PNG colour type {colour_type}')
+        raise InputError(f'{path}: expected a 16-bit greyscale depth PNG, got bit depth '
+                         f'{bit_depth} and PNG colour type {colour_type}')
 
 
-def read_depth_png(path, encoding='plain'):
-    depth = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise ConversionError(f'{path}: cannot be read as an image (corrupt PNG?)')
-    if depth.dtype != np.uint16 or depth.ndim != 2:
-        raise ConversionError(f'{path}: expected a 16-bit single-channel depth PNG, got '
-                              f'{depth.dtype} with shape {depth.shape}')
-    if encoding == 'sun-rgbd':
-        depth = (depth >> 3) | (depth << 13)  # uint16: the bits shifted out on the left are dropped
-    return depth
+def png_size(path):
+    """(height, width) from the IHDR chunk of a PNG that check_png_header accepted."""
+    with open(path, 'rb') as f:
+        width, height = struct.unpack('>II', f.read(24)[16:24])
+    return height, width
+
+
+class Camera(NamedTuple):
+    matrix: np.ndarray          # 3x3 intrinsics
+    image_size: tuple           # (height, width) the intrinsics are limited to, or None
+    source: str                 # where they come from, for messages
+
+
+def camera_from_args(args):
+    """All four of --fx --fy --cx --cy, or none of them for the NYU camera (480x640 images only).
+    Half a camera is refused: the other values would silently be NYU's."""
+    given = [f'--{flag}' for flag in CAMERA_FLAGS if getattr(args, flag) is not None]
+    if not given:
+        return Camera(NYU_CAMERA, NYU_IMAGE_SIZE, 'the default NYU Depth V2 camera')
+    if len(given) < len(CAMERA_FLAGS):
+        absent = [f'--{flag}' for flag in CAMERA_FLAGS if getattr(args, flag) is None]
+        raise InputError(f"{' '.join(given)} without {' '.join(absent)}: give all four intrinsics, or none "
+                              f"for the NYU Depth V2 camera (480x640 depth only)")
+    matrix = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
+    return Camera(matrix, None, '--fx --fy --cx --cy')
+
+
+def check_camera_fits(camera: Camera, path, size):
+    """The camera must fit the depth image at `path` of size (height, width)."""
+    if camera.image_size not in (None, size):
+        height, width = camera.image_size
+        raise InputError(f'{path}: {size[1]}x{size[0]} depth, but {camera.source} is for {width}x{height} '
+                              f'images: give this camera\'s --fx --fy --cx --cy')
+    try:
+        check_camera(camera.matrix, *size)
+    except ValueError as error:
+        raise InputError(f'{path}: {camera.source}: {error}') from None
+
+
+def describe_camera(camera: Camera):
+    fx, fy, cx, cy = camera.matrix[0, 0], camera.matrix[1, 1], camera.matrix[0, 2], camera.matrix[1, 2]
+    return f'camera: fx {fx:.2f}, fy {fy:.2f}, cx {cx:.2f}, cy {cy:.2f} ({camera.source})'
 
 
 class Settings(NamedTuple):
@@ -102,26 +136,25 @@ class Settings(NamedTuple):
     quality: int
 
 
-def plan_jobs(args):
+def plan_jobs(args, camera: Camera):
     """Checks every input before any work and returns the (depth, raw or None, out) path triples
     still to do, and how many outputs were skipped because they exist."""
     for flag, folder in (('--depth-dir', args.depth_dir), ('--raw-dir', args.raw_dir)):
         if folder is not None and not os.path.isdir(folder):
-            raise ConversionError(f'{flag} {folder}: no such folder')
-    for flag in ('fx', 'fy', 'depth_scale'):
-        if not getattr(args, flag) > 0:
-            raise ConversionError(f'--{flag.replace("_", "-")} must be positive, got {getattr(args, flag)}')
+            raise InputError(f'{flag} {folder}: no such folder')
+    if not args.depth_scale > 0:
+        raise InputError(f'--depth-scale must be positive, got {args.depth_scale}')
     if args.workers < 1:
-        raise ConversionError(f'--workers must be at least 1, got {args.workers}')
+        raise InputError(f'--workers must be at least 1, got {args.workers}')
     if not 0 <= args.quality <= 100:
-        raise ConversionError(f'--quality must be in 0..100, got {args.quality}')
+        raise InputError(f'--quality must be in 0..100, got {args.quality}')
     inputs = {os.path.realpath(args.depth_dir), os.path.realpath(args.raw_dir or args.depth_dir)}
     if os.path.realpath(args.out_dir) in inputs:
-        raise ConversionError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
+        raise InputError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
 
     names = sorted(n for n in os.listdir(args.depth_dir) if n.lower().endswith('.png'))
     if not names:
-        raise ConversionError(f'--depth-dir {args.depth_dir}: no .png files')
+        raise InputError(f'--depth-dir {args.depth_dir}: no .png files')
     jobs, skipped = [], 0
     for name in names:
         depth_path = os.path.join(args.depth_dir, name)
@@ -130,8 +163,9 @@ def plan_jobs(args):
         check_png_header(depth_path)
         if raw_path is not None:
             if not os.path.isfile(raw_path):
-                raise ConversionError(f'{raw_path}: raw depth for {depth_path} is missing')
+                raise InputError(f'{raw_path}: raw depth for {depth_path} is missing')
             check_png_header(raw_path)
+        check_camera_fits(camera, depth_path, png_size(depth_path))
         if os.path.exists(out_path) and not args.overwrite:
             skipped += 1
             continue
@@ -146,14 +180,14 @@ def convert(job, settings: Settings):
     if raw_path is not None:
         raw = read_depth_png(raw_path, settings.depth_encoding)
         if raw.shape != depth.shape:
-            raise ConversionError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
+            raise InputError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
         missing = raw == 0
     hha = depth_to_hha(depth / settings.depth_scale, missing, settings.camera)
     extension = os.path.splitext(out_path)[1]
     ok, encoded = cv2.imencode(extension, np.ascontiguousarray(hha[..., ::-1]),
                                (cv2.IMWRITE_JPEG_QUALITY, settings.quality) if extension == '.jpg' else ())
     if not ok:
-        raise ConversionError(f'{out_path}: {extension} encoding failed')
+        raise InputError(f'{out_path}: {extension} encoding failed')
     # An interrupted run never leaves a truncated file.
     atomic_write(out_path, encoded.tobytes(), durable=False)
 
@@ -163,7 +197,7 @@ def _convert_in_worker(job, settings: Settings):
     try:
         convert(job, settings)
         return None
-    except ConversionError as error:
+    except InputError as error:
         return str(error)
     except (ValueError, OSError) as error:
         return f'{job[0]}: {error}'
@@ -176,12 +210,13 @@ def _init_worker():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
-        jobs, skipped = plan_jobs(args)
-    except ConversionError as error:
+        camera = camera_from_args(args)
+        jobs, skipped = plan_jobs(args, camera)
+    except InputError as error:
         sys.exit(f'error: {error}')
-    camera = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
-    settings = Settings(args.depth_encoding, args.depth_scale, camera, args.quality)
+    settings = Settings(args.depth_encoding, args.depth_scale, camera.matrix, args.quality)
     os.makedirs(args.out_dir, exist_ok=True)
+    print(describe_camera(camera))
     print(f'{len(jobs)} to convert, {skipped} existing skipped (--overwrite to redo them)')
 
     if not jobs:

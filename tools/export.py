@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from config import add_config_args, config_from_args
 from dataloader.dataset import DatasetError, RGBXDataset
 from dataloader.transforms import EvalTransform
-from engine.inference import (MIN_DYNAMIC_EXAMPLE_SIDE, MIN_INPUT_SIDE, ONNX_OPSET, InferenceError,
-                              OnnxNetwork, checkpoint_model, export_onnx, logit_agreement)
+from engine.inference import (MIN_DYNAMIC_EXAMPLE_SIDE, ONNX_OPSET, InferenceError, OnnxNetwork, checkpoint_model,
+                              export_onnx, logit_agreement, require_onnx_packages)
+from models.encoders.mit import LAST_STAGE_STRIDE
 
 MIN_AGREEMENT = 0.999
 # The second size a --dynamic export is checked at: sides that are not multiples of the stride.
@@ -58,8 +59,9 @@ def check_args(args, cfg):
     """(height, width); every bad flag as an InferenceError before any work."""
     height = cfg.eval_crop_size[0] if args.height is None else args.height
     width = cfg.eval_crop_size[1] if args.width is None else args.width
-    if min(height, width) < MIN_INPUT_SIDE:
-        raise InferenceError(f'--height and --width must be at least {MIN_INPUT_SIDE}, got {height}x{width}')
+    if min(height, width) < LAST_STAGE_STRIDE:
+        raise InferenceError(f'--height and --width must be at least {LAST_STAGE_STRIDE} (the stride of the '
+                             f"encoder's last stage), got {height}x{width}")
     if args.dynamic and min(height, width) < MIN_DYNAMIC_EXAMPLE_SIDE:
         raise InferenceError(f'--dynamic: the example input must be at least {MIN_DYNAMIC_EXAMPLE_SIDE} pixels '
                              f'a side (the exporter would fix smaller feature maps), got {height}x{width}: '
@@ -123,6 +125,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser)
     try:
+        require_onnx_packages()
         size = check_args(args, cfg)
         model, role, path = checkpoint_model(cfg, args.checkpoint, args.mode)
         inputs = check_inputs(args, cfg, role, size)

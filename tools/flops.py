@@ -2,6 +2,9 @@
 
     python tools/flops.py -c config/nyu_b4.py [--role teacher|student] [--size H W] [--opts ...]
 
+The teacher is the one that guides the student: of the config's teacher_backbone and
+teacher_modality (an RGB-X teacher is counted on RGB and the extra modality).
+
 The main figures leave out the student's training-only distillation heads; a last line gives them
 with the heads of cfg.mask_single for cfg.losses (the figures quoted for the official PrimKD
 student, 139.9M / 158.3G for MiT-B4 at 480x640, include its `hint` heads; without them they are
@@ -15,16 +18,12 @@ attention kernels (on the CPU, `aten._scaled_dot_product_flash_attention_for_cpu
 attention products are not silently counted as zero.
 """
 import argparse
-import os
-import sys
 
 import torch
 
-# Run as `python tools/flops.py`: make the repository's packages importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import add_config_args, config_from_args  # noqa: E402
-from models import build_model  # noqa: E402
-from utils.flops import count_macs, count_parameters  # noqa: E402
+from config import add_config_args, config_from_args
+from models import build_model, build_teacher, teacher_backbone
+from utils.flops import count_macs, count_parameters
 
 
 def main(argv=None):
@@ -42,16 +41,20 @@ def main(argv=None):
                      f"got {height} {width}")
 
     # The student is built with its training-only heads so that both figures can be shown.
-    model = build_model(cfg, args.role, distill=args.role == 'student').eval()
+    if args.role == 'student':
+        model, description = build_model(cfg, 'student', distill=True).eval(), f"{cfg.backbone} student"
+    else:
+        model = build_teacher(cfg).eval()
+        description = f"{teacher_backbone(cfg)} teacher ({cfg.teacher_modality})"
     rgb = torch.randn(1, 3, height, width)
-    inputs = (rgb, torch.randn_like(rgb)) if args.role == 'student' else (rgb,)
+    inputs = (rgb, torch.randn_like(rgb)) if model.takes_extra else (rgb,)
     macs = count_macs(model, *inputs)
     heads = model.distill_heads
     head_params = count_parameters(heads) if heads is not None else 0
     params = count_parameters(model) - head_params
     model_macs = macs['total'] - macs.get('distill_heads', 0)
 
-    print(f"config {args.config}: {cfg.backbone} {args.role}, {cfg.num_classes} classes, "
+    print(f"config {args.config}: {description}, {cfg.num_classes} classes, "
           f"input 1x3x{height}x{width}")
     print(f"parameters:    {params / 1e6:.2f} M")
     print(f"multiply-adds: {model_macs / 1e9:.2f} G (encoder {macs['encoder'] / 1e9:.2f} G, "

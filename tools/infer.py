@@ -30,6 +30,7 @@ import os
 import time
 from typing import NamedTuple, Optional
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -40,11 +41,13 @@ from dataloader.transforms import network_input
 from engine import distributed as du
 from engine.amp import AMP_DTYPES, autocast, resolve_amp
 from engine.evaluator import predict_probabilities
-from engine.inference import (MIN_INPUT_SIDE, InferenceError, OnnxNetwork, add_prediction_args,
-                              checkpoint_model, network_input_shapes)
-from tools.depth2hha import ConversionError, check_png_header, read_depth_png
+from engine.inference import (InferenceError, OnnxNetwork, add_prediction_args, checkpoint_model,
+                              network_input_shapes, require_onnx_packages)
+from models.encoders.mit import LAST_STAGE_STRIDE
+from tools.depth2hha import Camera, check_camera_fits, check_png_header
+from utils import conversion
 from utils.hha import CAMERA_PRESETS, inpainted_hha
-from utils.io import write_image, write_json
+from utils.io import write_json
 from utils.visualize import (colorize, depth_colormap, hstack_panels, legend, overlay,
                              to_label_png)
 
@@ -53,6 +56,7 @@ DEFAULT_DEPTH_SCALE = 1000.0  # millimetres
 SUMMARY_FILE = 'summary.json'
 LEGEND_FILE = 'legend.png'
 LISTED_NAMES = 10
+JPEG_QUALITY = 95
 # Per-image outputs, each in its own folder: {kind: file extension}; the last two are optional.
 OUTPUT_KINDS = {'label': '.png', 'color': '.png', 'overlay': '.jpg', 'side_by_side': '.png', 'hha': '.png'}
 
@@ -84,7 +88,7 @@ def get_args_parser():
                        help="precomputed HHA file, folder or glob pattern (the dataset's extra-modality files)")
     parser.add_argument('--depth-scale', type=float, metavar='S',
                         help=f'PNG value / S = metres (default {DEFAULT_DEPTH_SCALE:g}: millimetres)')
-    parser.add_argument('--depth-encoding', choices=('plain', 'sun-rgbd'),
+    parser.add_argument('--depth-encoding', choices=conversion.DEPTH_ENCODINGS,
                         help='plain (default), or sun-rgbd: 16 bits rotated left by 3, as SUN-RGBD stores depth')
     parser.add_argument('--camera', choices=sorted(CAMERA_PRESETS),
                         help='named intrinsics, only for images of their size (nyu: 480x640)')
@@ -127,12 +131,12 @@ def check_depth_flags(args):
             raise InputError(f"--{flag.replace('_', '-')} must be positive, got {value:g}")
 
 
-def camera_of(args):
-    """(3x3 intrinsics, the image size they require or None) for --depth."""
+def camera_of(args) -> Camera:
+    """The camera of --depth: a preset (for its own image size only) or the four intrinsics."""
     if args.camera is not None:
-        return CAMERA_PRESETS[args.camera]
+        return Camera(*CAMERA_PRESETS[args.camera], f'--camera {args.camera}')
     matrix = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
-    return matrix, None
+    return Camera(matrix, None, '--fx --fy --cx --cy')
 
 
 def prediction_settings(args, cfg, network):
@@ -163,6 +167,7 @@ def load_network(args, cfg, device):
         raise InputError('--onnx runs on the CPU (onnxruntime); use --device cpu or auto')
     if args.amp != 'none':
         raise InputError(f'--amp {args.amp}: an ONNX model runs in the precision it was exported in')
+    require_onnx_packages(('onnxruntime',))
     network = OnnxNetwork(args.onnx)
     if args.mode is not None and network.role != args.mode:
         raise InputError(f'--onnx {args.onnx} is a {network.role} model, but --mode {args.mode} asks for a '
@@ -237,8 +242,8 @@ def read_depth_metres(path, args):
     """(H, W) float depth in metres of a 16-bit depth PNG (0 = hole)."""
     try:
         check_png_header(path)
-        depth = read_depth_png(path, args.depth_encoding or 'plain')
-    except ConversionError as e:
+        depth = conversion.read_depth_png(path, args.depth_encoding or 'plain')
+    except conversion.InputError as e:
         raise InputError(f'--depth {e}') from None
     return depth / (args.depth_scale or DEFAULT_DEPTH_SCALE)
 
@@ -265,27 +270,29 @@ def read_inputs(sample, args, cfg):
 
 
 def check_depth(sample, depth, camera):
-    """A preset camera fits its own image size only, and HHA needs some measured depth."""
-    required_size = camera[1]
-    if required_size is not None and depth.shape != tuple(required_size):
-        raise InputError(f'--camera: its intrinsics are for {required_size[0]}x{required_size[1]} images, but '
-                         f'{sample.extra} is {depth.shape[0]}x{depth.shape[1]}; give --fx --fy --cx --cy')
+    """The camera must fit the depth image (as tools/depth2hha.py checks it), and HHA needs some
+    measured depth."""
+    try:
+        check_camera_fits(camera, sample.extra, depth.shape)
+    except conversion.InputError as e:
+        raise InputError(f'--depth {e}') from None
     if not (depth > 0).any():
         raise InputError(f'--depth {sample.extra}: no pixel has a depth (all 0)')
 
 
 def hha_image(depth, camera):
     """The HHA of a depth map, as OpenCV reads the dataset's HHA files (BGR of the HHA channels)."""
-    return np.ascontiguousarray(inpainted_hha(depth, camera[0])[..., ::-1])
+    return np.ascontiguousarray(inpainted_hha(depth, camera.matrix)[..., ::-1])
 
 
 def check_image_size(sample, size, network, role, prediction):
     """The network must be able to take every input this image gives it (see network_input_shapes)."""
     shapes = network_input_shapes(*size, role == 'student', **prediction)
-    small = [s for s in shapes if min(s[-2:]) < MIN_INPUT_SIDE]
+    small = [s for s in shapes if min(s[-2:]) < LAST_STAGE_STRIDE]
     if small:
         raise InputError(f'{sample.rgb}: at --scales {prediction["scales"]} the network would get a '
-                         f'{small[0][2]}x{small[0][3]} input; every side must be at least {MIN_INPUT_SIDE}')
+                         f'{small[0][2]}x{small[0][3]} input; every side must be at least {LAST_STAGE_STRIDE}, '
+                         f"the stride of the encoder's last stage")
     fixed = getattr(network, 'input_shape', None)
     for shape in shapes if fixed else ():
         if any(f is not None and f != s for f, s in zip(fixed, shape)):
@@ -322,6 +329,13 @@ def check_outputs(args, samples):
         raise InputError(f'--out {args.out}: cannot create it in {parent}')
 
 
+def write_rgb(path, image):
+    """An (H, W) or RGB (H, W, 3) uint8 image as the file `path`, written atomically."""
+    pixels = image[..., ::-1] if image.ndim == 3 else image  # OpenCV writes BGR
+    params = (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY) if path.endswith('.jpg') else ()
+    conversion.write_image(path, pixels, params)
+
+
 def write_outputs(files, rgb, extra_panel, label_png, num_classes):
     colour = colorize(label_png, num_classes)
     images = {'label': label_png, 'color': colour, 'overlay': overlay(rgb, colour)}
@@ -329,7 +343,7 @@ def write_outputs(files, rgb, extra_panel, label_png, num_classes):
         images['side_by_side'] = hstack_panels(*([rgb] if extra_panel is None else [rgb, extra_panel]), colour)
     for kind, path in files.items():
         if kind in images:
-            write_image(path, images[kind])
+            write_rgb(path, images[kind])
 
 
 def class_fractions(pred, class_names):
@@ -411,7 +425,7 @@ def main(argv=None):
         seconds = time.perf_counter() - start
         files = output_files(args.out, sample.name, kinds)
         if 'hha' in files:
-            write_image(files['hha'], hha[..., ::-1])
+            write_rgb(files['hha'], hha[..., ::-1])
         write_outputs(files, rgb[..., ::-1], extra_panel(hha, depth) if args.side_by_side else None,
                       to_label_png(pred, cfg.background), cfg.num_classes)
         predicted.update(np.unique(pred).tolist())
@@ -420,11 +434,11 @@ def main(argv=None):
                        'height': int(pred.shape[0]), 'width': int(pred.shape[1]),
                        'input_seconds': input_seconds, 'seconds': seconds,
                        'class_fractions': class_fractions(pred, cfg.class_names)})
-    write_image(os.path.join(args.out, LEGEND_FILE), legend(sorted(predicted), cfg.class_names, cfg.num_classes))
+    write_rgb(os.path.join(args.out, LEGEND_FILE), legend(sorted(predicted), cfg.class_names, cfg.num_classes))
     summary = {'tool': 'tools/infer.py', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
                'config': os.path.abspath(args.config), 'model': model_file, 'runtime': 'onnxruntime' if args.onnx
                else 'torch', 'role': role, 'extra': 'depth' if args.depth else 'hha' if args.hha else None,
-               'camera': None if camera is None else camera[0].tolist(),
+               'camera': None if camera is None else camera.matrix.tolist(),
                'depth_scale': args.depth_scale or DEFAULT_DEPTH_SCALE if args.depth else None,
                'depth_encoding': args.depth_encoding or 'plain' if args.depth else None,
                **{k: list(v) if isinstance(v, tuple) else v for k, v in prediction.items()},

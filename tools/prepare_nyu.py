@@ -23,25 +23,16 @@ a second run skips the images whose four outputs exist.
 import argparse
 import os
 import sys
-from multiprocessing import Pool
 
 import cv2
 import h5py
 import numpy as np
-import scipy.io
-from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.conversion import InputError, load_mat_variable, run_parallel, unfinished, write_image, write_split
+from utils.hha import NYU_CAMERA, depth_to_hha
 
 ARRAYS = ('images', 'depths', 'rawDepths', 'labels')
 FOLDERS = {'RGB': '.jpg', 'Depth': '.png', 'HHA': '.jpg', 'Label': '.png'}
-
-
-class InputError(ValueError):
-    """An input file is absent or does not hold what the NYU release holds."""
 
 
 def get_args_parser():
@@ -69,22 +60,6 @@ def item_name(index):
 
 def output_paths(out, index):
     return {folder: os.path.join(out, folder, item_name(index) + ext) for folder, ext in FOLDERS.items()}
-
-
-def load_mat_variable(path, name):
-    """One variable of a MATLAB file, v5 (scipy) or v7.3 (HDF5), as a flat array."""
-    if not os.path.isfile(path):
-        raise InputError(f"'{path}' does not exist")
-    try:
-        variables = scipy.io.loadmat(path, variable_names=[name])
-    except NotImplementedError:  # v7.3
-        with h5py.File(path, 'r') as f:
-            variables = {name: f[name][()]} if name in f else {}
-    except ValueError as e:
-        raise InputError(f"'{path}' is not a MATLAB file: {e}") from e
-    if name not in variables:
-        raise InputError(f"'{path}' has no variable '{name}'")
-    return np.asarray(variables[name]).ravel()
 
 
 def check_release(path):
@@ -149,13 +124,6 @@ def convert(images, depths, raw_depths, labels, index, mapping, raw_mask=False):
     return rgb, depth_mm, depth_to_hha(depth, missing=missing, camera=NYU_CAMERA), mapping[raw_label]
 
 
-def write_atomic(path, image, params=()):
-    ok, encoded = cv2.imencode(os.path.splitext(path)[1], image, list(params))
-    if not ok:
-        raise OSError(f"could not encode '{path}'")
-    atomic_write(path, encoded.tobytes(), durable=False)
-
-
 _worker = {}
 
 
@@ -169,15 +137,11 @@ def convert_and_write(index):
     rgb, depth_mm, hha, label = convert(*arrays, index, _worker['mapping'], _worker['raw_mask'])
     paths = output_paths(_worker['out'], index)
     jpeg = (cv2.IMWRITE_JPEG_QUALITY, _worker['quality'])
-    write_atomic(paths['RGB'], rgb[..., ::-1], jpeg)
-    write_atomic(paths['Depth'], depth_mm)
-    write_atomic(paths['HHA'], hha[..., ::-1], jpeg)
-    write_atomic(paths['Label'], label)
+    write_image(paths['RGB'], rgb[..., ::-1], jpeg)
+    write_image(paths['Depth'], depth_mm)
+    write_image(paths['HHA'], hha[..., ::-1], jpeg)
+    write_image(paths['Label'], label)
     return index
-
-
-def write_split(path, indices):
-    atomic_write(path, ''.join(item_name(i) + '\n' for i in indices), durable=False)
 
 
 def main(args):
@@ -193,24 +157,16 @@ def main(args):
     for folder in FOLDERS:
         os.makedirs(os.path.join(args.out, folder), exist_ok=True)
     indices = train + test
-    todo = [i for i in indices if not all(map(os.path.isfile, output_paths(args.out, i).values()))]
+    todo = unfinished(indices, lambda i: output_paths(args.out, i).values())
     print(f'{count} images of {width}x{height} in {args.mat}; {len(indices)} in the splits, '
           f'{len(indices) - len(todo)} already written, {len(todo)} to convert')
     state = (args.mat, args.out, mapping, args.quality, args.raw_mask)
     try:
-        if args.workers > 1 and len(todo) > 1:
-            with Pool(min(args.workers, len(todo)), initializer=init_worker, initargs=state) as pool:
-                finished = pool.imap_unordered(convert_and_write, todo)
-                for _ in tqdm(finished, total=len(todo), desc='images'):
-                    pass
-        else:
-            init_worker(*state)
-            for index in tqdm(todo, desc='images'):
-                convert_and_write(index)
+        run_parallel(convert_and_write, todo, args.workers, init_worker, state, desc='images')
     except InputError as e:
         sys.exit(f'error: {e}')
-    write_split(os.path.join(args.out, 'train.txt'), train)
-    write_split(os.path.join(args.out, 'test.txt'), test)
+    write_split(os.path.join(args.out, 'train.txt'), map(item_name, train))
+    write_split(os.path.join(args.out, 'test.txt'), map(item_name, test))
     print(f'wrote {args.out}: train.txt ({len(train)}), test.txt ({len(test)})')
 
 

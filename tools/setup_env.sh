@@ -1,10 +1,12 @@
 # Sourced by train.sh, val.sh and test.sh: sets PYTHON to the interpreter the project runs with.
 #
 # * Inside an activated virtualenv or conda env, or with PRIMKD_NO_VENV=1, that environment's
-#   `python` is used as it is and nothing is installed.
-# * Otherwise the project's own environment .venv/ is created on first use and the tested set
-#   (requirements.txt constrained by requirements-lock.txt) is installed into it. Later runs reuse it
-#   and reinstall only when one of the two requirement files changed.
+#   `python` is used as it is and nothing is installed; the repository goes first on PYTHONPATH, so the
+#   scripts run this checkout's packages whether or not the project is installed there.
+# * Otherwise the project's own environment .venv/ is created on first use and holds exactly the
+#   tested set: requirements-lock.txt installed hash-checked, pip-sync removing what is not in it,
+#   then the project itself, editable. Later runs reuse it and reinstall only when the lock or
+#   pyproject.toml changed.
 # PRIMKD_PYTHON chooses the interpreter that creates .venv (default: python3).
 
 _primkd_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,10 +17,12 @@ if [ "${PRIMKD_NO_VENV:-0}" = "1" ] || [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${COND
         echo "error: no python found in the active environment (PATH=$PATH)" >&2
         exit 1
     fi
+    export PYTHONPATH="$_primkd_root${PYTHONPATH:+:$PYTHONPATH}"
 else
     _venv="$_primkd_root/.venv"
-    _stamp="$_venv/.requirements.sha256"
-    _want="$(cat "$_primkd_root/requirements.txt" "$_primkd_root/requirements-lock.txt" | sha256sum | cut -d' ' -f1)"
+    _lock="$_primkd_root/requirements-lock.txt"
+    _stamp="$_venv/.lock.sha256"
+    _want="$(cat "$_primkd_root/pyproject.toml" "$_lock" | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$_venv/bin/python" ]; then
         echo ">> creating the project environment in $_venv" >&2
         "${PRIMKD_PYTHON:-python3}" -m venv "$_venv" || {
@@ -27,11 +31,15 @@ else
         }
     fi
     if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
-        echo ">> installing requirements.txt (pinned by requirements-lock.txt) into $_venv" >&2
+        echo ">> installing requirements-lock.txt and the project (editable) into $_venv" >&2
         rm -f "$_stamp"
-        "$_venv/bin/python" -m pip install --disable-pip-version-check \
-            -r "$_primkd_root/requirements.txt" -c "$_primkd_root/requirements-lock.txt" >&2 || {
-            echo "error: installing the requirements failed (pip's message is above); fix it and run again" >&2
+        # pip installs the lock first because pip-sync (pip-tools, itself in the lock) is not there on
+        # the first run; the project is built offline by the locked setuptools.
+        { "$_venv/bin/python" -m pip install --disable-pip-version-check --require-hashes -r "$_lock" &&
+            "$_venv/bin/python" -m piptools sync "$_lock" &&
+            "$_venv/bin/python" -m pip install --disable-pip-version-check --no-deps --no-build-isolation \
+                -e "$_primkd_root"; } >&2 || {
+            echo "error: installing the environment failed (the installer's message is above); fix it and run again" >&2
             exit 1
         }
         echo "$_want" > "$_stamp"
@@ -52,21 +60,33 @@ primkd_config() {
     fi
 }
 
-# primkd_launch SCRIPT [ARGS...]: one process on a machine without GPUs, otherwise torchrun with one
-# process per visible GPU (CUDA_VISIBLE_DEVICES). NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT
-# describe a multi-node run (the same command on every node).
+# primkd_launch SCRIPT [ARGS...]: one process per GPU that torch sees (CUDA_VISIBLE_DEVICES chooses
+# them), or one CPU process on a machine without GPUs; the script itself for one process, torchrun for
+# more. A GPU machine whose GPUs torch cannot use stops here, before any work (engine/devices.py says
+# why). One node takes a free rendezvous port (torchrun --standalone), so runs side by side do not
+# collide, unless MASTER_PORT asks for one. Several nodes (NNODES, NODE_RANK: the same command on
+# each) meet at MASTER_ADDR, the address of node 0, on MASTER_PORT (default 29500).
 primkd_launch() {
     local script="$1"; shift
-    local ngpu nnodes="${NNODES:-1}"
-    if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
-        ngpu=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c '[0-9]' || true)
-    else
-        ngpu=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+    local nnodes="${NNODES:-1}" ngpu rendezvous
+    if ! [[ "$nnodes" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: NNODES=$nnodes: expected the number of nodes, a positive integer" >&2
+        exit 2
     fi
-    if [ "$ngpu" -eq 0 ] && [ "$nnodes" -eq 1 ]; then
+    if [ "$nnodes" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+        echo "error: NNODES=$nnodes needs MASTER_ADDR, the address of the node with NODE_RANK=0, on every node" >&2
+        exit 2
+    fi
+    ngpu=$("$PYTHON" -m engine.devices "$@") || exit 2
+    if [ "$nnodes" -eq 1 ] && [ "$ngpu" -le 1 ]; then
         exec "$PYTHON" "$script" "$@"
     fi
-    exec "$PYTHON" -m torch.distributed.run --nnodes="$nnodes" --node_rank="${NODE_RANK:-0}" \
-        --nproc_per_node="$(( ngpu > 0 ? ngpu : 1 ))" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
-        --master_port="${MASTER_PORT:-29500}" "$script" "$@"
+    if [ "$nnodes" -eq 1 ] && [ -z "${MASTER_PORT:-}" ]; then
+        rendezvous=(--standalone)
+    else
+        rendezvous=(--nnodes="$nnodes" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
+                    --master_port="${MASTER_PORT:-29500}")
+    fi
+    exec "$PYTHON" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node="$(( ngpu > 0 ? ngpu : 1 ))" \
+        "$script" "$@"
 }

@@ -80,6 +80,7 @@ def inpainted_hha(depth_m, camera=NYU_CAMERA):
 
 
 def _check_inputs(depth_m, missing, camera):
+    camera = camera_matrix(camera)
     depth_m = np.asarray(depth_m)
     if depth_m.ndim != 2 or depth_m.dtype.kind not in 'fiu':
         raise ValueError(f'depth_m must be a real (H, W) array in metres, got shape '
@@ -97,11 +98,30 @@ def _check_inputs(depth_m, missing, camera):
             raise ValueError(f'missing must be a bool array of the depth shape {depth_m.shape}, '
                              f'got shape {missing.shape} and dtype {missing.dtype}')
         missing = missing | no_depth
-    camera = np.asarray(camera, dtype=np.float64)
-    if camera.shape != (3, 3) or not (camera[0, 0] > 0 and camera[1, 1] > 0):
-        raise ValueError(f'camera must be 3x3 intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] '
-                         f'with fx, fy > 0, got {camera.tolist()}')
+    if missing.all():
+        raise ValueError('no pixel has a measured depth (every one is 0 or missing): HHA needs some')
     return depth_cm, missing, camera
+
+
+def camera_matrix(camera):
+    """`camera` as a float64 3x3 array; ValueError unless it is finite intrinsics with fx, fy > 0."""
+    camera = np.asarray(camera, dtype=np.float64)
+    if camera.shape != (3, 3) or not np.isfinite(camera).all() or not (camera[0, 0] > 0 and camera[1, 1] > 0):
+        raise ValueError(f'camera must be finite 3x3 intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] '
+                         f'with fx, fy > 0, got {camera.tolist()}')
+    return camera
+
+
+def check_camera(camera, height, width):
+    """`camera` as a float64 3x3 array, checked for depth images of height x width: besides
+    camera_matrix's checks, the principal point must lie in the image. A point outside it means
+    intrinsics of another camera or image size, which would skew the point cloud. ValueError saying why."""
+    camera = camera_matrix(camera)
+    cx, cy = camera[0, 2], camera[1, 2]
+    if not (0 <= cx <= width and 0 <= cy <= height):
+        raise ValueError(f'the principal point (cx {cx:g}, cy {cy:g}) lies outside the {width}x{height} image '
+                         f'(width x height): intrinsics of another camera or image size?')
+    return camera
 
 
 def point_cloud(depth, camera):

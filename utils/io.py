@@ -2,9 +2,6 @@
 import json
 import os
 
-import cv2
-import numpy as np
-
 
 def atomic_write(path: str, content, durable: bool = True) -> None:
     """Writes `content` (bytes, str, or a function taking the open binary file) to a temporary file
@@ -50,15 +47,3 @@ def check_output_file(path: str) -> None:
 def write_json(path: str, value, indent: int = 2) -> None:
     """`value` as a JSON file, written atomically (a reader never sees half a file)."""
     atomic_write(path, json.dumps(value, indent=indent) + '\n', durable=False)
-
-
-def write_image(path: str, image: np.ndarray, jpeg_quality: int = 95) -> None:
-    """An (H, W) or (H, W, 3) RGB uint8 image as the file `path` (format from its extension; the
-    folder must exist), written atomically. OSError naming the file if it cannot be encoded."""
-    extension = os.path.splitext(path)[1]
-    pixels = np.ascontiguousarray(image[..., ::-1] if image.ndim == 3 else image)  # OpenCV is BGR
-    params = (cv2.IMWRITE_JPEG_QUALITY, jpeg_quality) if extension.lower() in ('.jpg', '.jpeg') else ()
-    ok, encoded = cv2.imencode(extension, pixels, params)
-    if not ok:
-        raise OSError(f"could not encode '{path}' as {extension}")
-    atomic_write(path, encoded.tobytes(), durable=False)

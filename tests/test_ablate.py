@@ -1,0 +1,202 @@
+"""tools/ablate.py: the paired interval against a hand computation, the order of cells, the
+summary of finished cells, a real grid killed after its first cell and run again, and bad input
+stopped with one line before any work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from config import REPO_ROOT
+from tools import ablate
+from tools.synthetic_rooms import make_synthetic_dataset
+from helpers import DEMO_CONFIG, tiny_opts
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('data') / 'Synthetic')
+    make_synthetic_dataset(root, num_train=8, num_test=4, height=64, width=64, seed=3)
+    return root
+
+
+def grid_opts(dataset, **extra):
+    """tiny_opts without log_dir: the grid gives every cell its own."""
+    return [o for o in tiny_opts(dataset, None, nepochs=1, **extra) if not o.startswith('log_dir=')]
+
+
+def test_paired_interval_matches_a_hand_computation():
+    # Differences 1, 2, 0, 6: mean 2.25, sd sqrt(20.75 / 3) = 2.62996, t(0.975, 3) = 3.18245 (tables),
+    # half width 3.18245 * 2.62996 / 2 = 4.18484.
+    mean, low, high = ablate.paired_interval([70, 72, 71, 75], [69, 70, 71, 69])
+    assert mean == pytest.approx(2.25)
+    assert low == pytest.approx(2.25 - 4.18484, abs=1e-4) and high == pytest.approx(2.25 + 4.18484, abs=1e-4)
+    # Two pairs, differences 1 and 3: sd sqrt(2), t(0.975, 1) = 12.7062, half width 12.7062.
+    assert ablate.paired_interval([2, 5], [1, 2]) == pytest.approx((2, 2 - 12.7062, 2 + 12.7062), abs=1e-3)
+    assert ablate.paired_interval([3.5], [1.0]) == (2.5, None, None)
+
+
+def test_teachers_run_before_their_students():
+    variants = ablate.BUILT_IN_VARIANTS
+    assert ablate.grid_order(['cmx', 'primkd'], 'cmx', variants, False) == ['rgb_teacher', 'cmx', 'primkd']
+    assert ablate.grid_order(['kl_only', 'primkd'], 'cmx', variants, False) == ['rgb_teacher', 'cmx', 'kl_only',
+                                                                                 'primkd']
+    # With --teacher PATH the rgb_teacher cells are not part of the grid.
+    assert ablate.grid_order(['primkd'], 'cmx', variants, True) == ['cmx', 'primkd']
+    chained = {**variants, 'second': ablate.Variant(teacher='primkd')}
+    assert ablate.grid_order(['second'], 'cmx', chained, False) == ['rgb_teacher', 'cmx', 'primkd', 'second']
+    cycle = {**variants, 'a': ablate.Variant(teacher='b'), 'b': ablate.Variant(teacher='a')}
+    with pytest.raises(ablate.GridError, match='cycle'):
+        ablate.grid_order(['a'], 'cmx', cycle, False)
+
+
+def fake_cell(folder, variant, seed, miou, iou):
+    cell = ablate.Cell(variant, seed, str(folder / variant / f'seed{seed}'), 'student', [], [], {})
+    os.makedirs(cell.folder)
+    with open(cell.result_path, 'w') as f:
+        json.dump({'miou': miou, 'pixel_acc': 0.5, 'iou': iou, 'class_names': ['a', 'b']}, f)
+    return cell
+
+
+def test_summary_pairs_seeds_and_skips_undefined_classes(tmp_path):
+    cells = [fake_cell(tmp_path, 'cmx', 1, 0.60, [0.5, 0.7]), fake_cell(tmp_path, 'cmx', 2, 0.62, [0.6, None]),
+             fake_cell(tmp_path, 'primkd', 1, 0.58, [0.4, 0.8]), fake_cell(tmp_path, 'primkd', 2, 0.65, [0.5, 0.9])]
+    summary, class_names = ablate.summarise(ablate.read_results(cells), cells, ['cmx', 'primkd'], 'cmx')
+    assert class_names == ['a', 'b']
+    primkd = summary['primkd']
+    assert primkd['miou']['seeds'] == {'1': pytest.approx(58), '2': pytest.approx(65)}
+    assert primkd['miou']['mean'] == pytest.approx(61.5) and primkd['miou']['sd'] == pytest.approx(4.94975, abs=1e-4)
+    # Differences -2 and +3: mean 0.5, sd 3.53553, half width 12.7062 * 3.53553 / sqrt(2) = 31.7655.
+    assert primkd['difference']['mean'] == pytest.approx(0.5)
+    assert primkd['difference']['high'] == pytest.approx(0.5 + 31.7655, abs=1e-3)
+    # Class a: -10 and -10; class b: +10 (seed 2 has no cmx figure for it).
+    assert primkd['class_iou_difference'] == {'a': pytest.approx(-10), 'b': pytest.approx(10)}
+    assert 'difference' not in summary['cmx']
+
+
+def run_grid(out, opts, *extra):
+    return [sys.executable, 'tools/ablate.py', '-c', DEMO_CONFIG, '--variants', 'cmx', 'primkd', '--seeds', '1',
+            '--out', out, *extra, '--opts', *opts]
+
+
+def launch_env():
+    # One thread per process: the cells of a tiny grid are fastest so on a shared CPU.
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
+
+
+@pytest.fixture(scope='module')
+def killed_and_rerun(dataset, tmp_path_factory):
+    """A grid killed once its first cell (the RGB teacher) has finished, then run to the end."""
+    out = str(tmp_path_factory.mktemp('grid'))
+    opts = grid_opts(dataset)
+    first = os.path.join(out, 'rgb_teacher', 'seed1')
+    proc = subprocess.Popen(run_grid(out, opts), cwd=REPO_ROOT, env=launch_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not os.path.isfile(os.path.join(first, ablate.CELL_RESULT)) and proc.poll() is None:
+        assert time.monotonic() < deadline, 'the first cell did not finish in 10 minutes'
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the grid and the cell it has started
+    proc.wait()
+    snapshot = {name: open(os.path.join(first, name), 'rb').read()
+                for name in (ablate.CELL_RESULT, ablate.CELL_SPEC, 'teacher/train.log', 'teacher/last.pth')}
+    rerun = subprocess.run(run_grid(out, opts), cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return out, opts, first, snapshot, rerun.stdout
+
+
+def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rerun):
+    out, _, first, snapshot, stdout = killed_and_rerun
+    assert 'cell 1 of 3: rgb_teacher seed 1: finished earlier, skipped' in stdout
+    assert 'cell 3 of 3: primkd seed 1 done in' in stdout
+    for name, content in snapshot.items():
+        assert open(os.path.join(first, name), 'rb').read() == content, name
+    # The student learnt from the teacher cell of its seed: its last checkpoint.
+    teacher = os.path.join(first, 'teacher', 'last.pth')
+    assert f'teacher {teacher};' in open(os.path.join(out, 'primkd', 'seed1', 'student', 'train.log')).read()
+    with open(os.path.join(out, ablate.RESULTS_FILE)) as f:
+        results = json.load(f)
+    assert list(results['variants']) == ['rgb_teacher', 'cmx', 'primkd']
+    assert all(cell['finished'] for cell in results['cells']) and results['seeds'] == [1]
+    for name in results['variants']:
+        with open(os.path.join(out, name, 'seed1', ablate.CELL_RESULT)) as f:
+            miou = 100 * json.load(f)['miou']
+        assert results['variants'][name]['miou']['seeds'] == {'1': pytest.approx(miou)}
+    primkd, cmx = results['variants']['primkd'], results['variants']['cmx']
+    assert primkd['difference']['mean'] == pytest.approx(primkd['miou']['mean'] - cmx['miou']['mean'])
+    assert set(primkd['class_iou_difference']) == set(results['class_names'])
+    assert any('--mode student --distillation_alpha 0 --distillation_beta 0' in c for cell in results['cells']
+               for c in cell['commands'])
+    table = open(os.path.join(out, ablate.TABLE_FILE)).read()
+    assert table in stdout
+    for row in ('| rgb_teacher | teacher |', '| cmx | student |', '| primkd | student |'):
+        assert row in table
+    assert '| cmx | student |' in table and '(reference)' in table
+
+
+def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
+    out, opts, first, snapshot, _ = killed_and_rerun
+    changed = subprocess.run(run_grid(out, [*opts, 'nepochs=2']), cwd=REPO_ROOT, env=launch_env(),
+                             capture_output=True, text=True)
+    assert changed.returncode == 2
+    assert changed.stderr.strip().count('\n') == 0 and 'Traceback' not in changed.stderr
+    assert 'cell rgb_teacher seed 1' in changed.stderr and 'settings.nepochs 1 -> 2' in changed.stderr
+    assert '--rerun-changed' in changed.stderr
+    for name, content in snapshot.items():
+        assert open(os.path.join(first, name), 'rb').read() == content, name
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--variants', 'nope'], "unknown variant 'nope'"),
+    (['--seeds', '1', '1'], '--seeds: 1 given more than once'),
+    (['--teacher', 'missing.pth'], "--teacher: 'missing.pth' does not exist"),
+    (['--variants', 'rgb_teacher', '--teacher', DEMO_CONFIG], '--teacher replaces the rgb_teacher cells'),
+    (['--opts', 'seed=4'], '--opts seed=...: the grid sets it'),
+    (['--opts', 'lr=-1'], "config key 'lr'"),
+])
+def test_bad_input_is_one_line(dataset, tmp_path, capsys, args, needle):
+    parser = ablate.get_args_parser()
+    argv = ['-c', DEMO_CONFIG, '--out', str(tmp_path / 'grid'), '--opts', *grid_opts(dataset)]
+    with pytest.raises(SystemExit) as exit_info:
+        ablate.main(parser.parse_args(argv + args), parser)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count('\n') == 1
+    assert not os.path.exists(tmp_path / 'grid')
+
+
+def test_a_missing_dataset_names_the_command_that_makes_it(tmp_path, capsys):
+    parser = ablate.get_args_parser()
+    argv = ['-c', DEMO_CONFIG, '--out', str(tmp_path / 'grid'), '--opts', f'dataset_path={str(tmp_path)!r}']
+    with pytest.raises(SystemExit):
+        ablate.main(parser.parse_args(argv), parser)
+    err = capsys.readouterr().err
+    assert 'does not exist (config key dataset_path)' in err and 'python tools/make_synthetic.py --out' in err
+
+
+def test_a_variants_file_adds_variants(tmp_path):
+    path = tmp_path / 'variants.json'
+    path.write_text(json.dumps({'half_kl': {'flags': ['--distillation_alpha', '0.5'], 'teacher': 'rgb_teacher'}}))
+    assert ablate.load_variants_file(str(path)) == {
+        'half_kl': ablate.Variant('student', ('--distillation_alpha', '0.5'), (), 'rgb_teacher')}
+    path.write_text(json.dumps({'cmx': {}}))
+    with pytest.raises(ablate.GridError, match="variant 'cmx': the name is built in"):
+        ablate.load_variants_file(str(path))
+
+
+def test_files_that_are_no_cell_are_never_reused(dataset, tmp_path, capsys):
+    stray = tmp_path / 'grid' / 'cmx' / 'seed1'
+    stray.mkdir(parents=True)
+    (stray / 'notes.txt').write_text('not a cell')
+    parser = ablate.get_args_parser()
+    argv = ['-c', DEMO_CONFIG, '--variants', 'cmx', '--seeds', '1', '--out', str(tmp_path / 'grid'),
+            '--opts', *grid_opts(dataset)]
+    with pytest.raises(SystemExit) as exit_info:
+        ablate.main(parser.parse_args(argv), parser)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cell cmx seed 1: '{stray}' holds files but no cell.json" in err and err.count('\n') == 1
+    assert os.listdir(tmp_path / 'grid') == ['cmx'] and os.listdir(stray) == ['notes.txt']
