@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import add_config_args, config_from_args  # noqa: E402
-from tools.synthetic_rooms import make_synthetic_dataset  # noqa: E402
+from tools.synthetic_rooms import ensure_synthetic_dataset  # noqa: E402
 
 
 def run(command):
@@ -31,10 +31,10 @@ def main():
     cfg = config_from_args(args, parser)
     opts = ['--opts', *args.opts] if args.opts else []
     start = time.perf_counter()
-    if not os.path.isfile(os.path.join(cfg.dataset_path, cfg.train_source)):
-        print(f'>> generating {cfg.num_train_imgs} + {cfg.num_eval_imgs} synthetic scenes in {cfg.dataset_path}')
-        make_synthetic_dataset(cfg.dataset_path, num_train=cfg.num_train_imgs, num_test=cfg.num_eval_imgs,
-                               height=cfg.image_height, width=cfg.image_width, seed=cfg.seed)
+    try:
+        ensure_synthetic_dataset(cfg)
+    except FileExistsError as error:
+        parser.error(str(error))
     python = sys.executable
     results = {}
     teacher = os.path.join(cfg.log_dir, 'teacher', 'best.pth')  # follows --opts log_dir=...
