@@ -15,6 +15,7 @@ from easydict import EasyDict
 
 from models.distill import STAGE_LOSSES
 from models.encoders.mit import MIT_SIZES
+from tools.synthetic_rooms import PRESETS as SYNTHETIC_PRESETS
 from utils.io import atomic_write
 
 from .base import NULLABLE, PATH_KEYS, base_config
@@ -96,6 +97,7 @@ CHECKS = {
     'channel_order': _one_of('bgr', 'rgb'),
     'amp': _one_of('auto', 'bf16', 'fp16', 'none'),
     'eval_mode': _one_of('sliding', 'whole'),
+    'synthetic_preset': _one_of(*SYNTHETIC_PRESETS),
 }
 
 

@@ -24,6 +24,7 @@ NULLABLE = {
     'teacher_checkpoint': str,    # None: no teacher (teacher training, CMX baseline)
     'teacher_backbone': str,      # None: the student's backbone
     'log_dir': str,               # None: log/<dataset_name>_<backbone>
+    'synthetic_preset': str,      # None: a real dataset, nothing is generated
 }
 
 # Keys holding paths; relative ones are resolved against the repository root on load.
@@ -45,6 +46,11 @@ def base_config() -> EasyDict:
     C.label_folder = 'Label'
     C.label_format = '.png'
     C.gt_transform = True            # label - 1 with 0 (unlabeled) -> 255 (ignored)
+    # Synthetic rooms (tools/synthetic_rooms.py): the preset that writes dataset_path when it is
+    # absent (ensure_synthetic_dataset), and the scenes' seed, fixed apart from `seed` so that every
+    # training seed sees the same scenes. None for real datasets.
+    C.synthetic_preset = None
+    C.synthetic_seed = 12345
     C.train_source = 'train.txt'     # relative to dataset_path
     C.eval_source = 'test.txt'
     # The splits' lengths: checked against the split files, and the epoch derives from the first.

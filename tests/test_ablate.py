@@ -168,13 +168,16 @@ def test_bad_input_is_one_line(dataset, tmp_path, capsys, args, needle):
     assert not os.path.exists(tmp_path / 'grid')
 
 
-def test_a_missing_dataset_names_the_command_that_makes_it(tmp_path, capsys):
+def test_a_missing_dataset_is_one_line(tmp_path, capsys):
+    """A real dataset (no synthetic preset to generate it from) must exist before the first cell."""
     parser = ablate.get_args_parser()
-    argv = ['-c', DEMO_CONFIG, '--out', str(tmp_path / 'grid'), '--opts', f'dataset_path={str(tmp_path)!r}']
+    argv = ['-c', DEMO_CONFIG, '--out', str(tmp_path / 'grid'), '--opts', 'synthetic_preset=None',
+            f"dataset_path={str(tmp_path / 'absent')!r}"]
     with pytest.raises(SystemExit):
         ablate.main(parser.parse_args(argv), parser)
     err = capsys.readouterr().err
-    assert 'does not exist (config key dataset_path)' in err and 'python tools/make_synthetic.py --out' in err
+    assert 'does not exist (config key dataset_path)' in err and 'Data preparation' in err
+    assert not os.path.exists(tmp_path / 'grid')
 
 
 def test_a_variants_file_adds_variants(tmp_path):

@@ -7,6 +7,8 @@ the last 50. Separable: >= 90 %. Not separable: <= 65 % for every statistic trie
 """
 import filecmp
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -14,7 +16,8 @@ import pytest
 
 from config import REPO_ROOT, load_config
 from dataloader.dataset import RGBXDataset
-from tools.synthetic_rooms import (BOX, CLASS_NAMES, CRATE, PANEL, POSTER, WALL, make_scene,
+from tools.synthetic_rooms import (BOX, CLASS_NAMES, CRATE, CRATE_CUES, PANEL, PANEL_CUES, POSTER, PRESETS, WALL,
+                                  Scene, SceneStyle, ensure_synthetic_dataset, make_scene,
                                   make_synthetic_dataset, scaled_camera)
 
 SCENES = 100
@@ -130,3 +133,154 @@ def test_box_and_crate_differ_in_colour_but_not_in_depth(instances):
     assert held_out_accuracy(instances, BOX, CRATE, 'red_share') >= 0.9
     for statistic in ('depth', 'disparity', 'height', 'angle'):
         assert held_out_accuracy(instances, BOX, CRATE, statistic) <= 0.65, statistic
+
+
+# The modality-balance knob (SceneStyle). Measured on the scenes' objects as drawn, before
+# rendering: geometry (a wall item's stand-off from its wall, a container's size) and appearance
+# (the albedo on a grid of surface coordinates, lighting left out).
+
+UV_GRID = np.stack(np.meshgrid(np.linspace(0.01, 0.99, 16), np.linspace(0.01, 0.99, 16)), -1).reshape(-1, 2)
+APPEARANCE = ('red', 'green', 'blue', 'red_share', 'brightness_std', 'border_brightness')
+
+
+def appearance_statistics(albedo):
+    colours = albedo(UV_GRID)
+    brightness = colours.mean(1)
+    border = ((UV_GRID < 0.03) | (UV_GRID > 0.97)).any(1)  # inside the thinnest board frame
+    return dict(red=colours[:, 0].mean(), green=colours[:, 1].mean(), blue=colours[:, 2].mean(),
+                red_share=(colours[:, 0] / (colours.sum(1) + 1e-6)).mean(),
+                brightness_std=brightness.std(), border_brightness=brightness[border].mean())
+
+
+def drawn_objects(style):
+    """Per-object geometry and appearance statistics of the boxes, crates, posters and panels of
+    SCENES scenes drawn in `style`."""
+    rows = []
+    for index in range(SCENES):
+        scene = Scene(np.random.default_rng((0, index)), 120, 160, style)
+        walls = [s for s in scene.surfaces if s.label == WALL]
+        for item in scene.surfaces:
+            row = dict(kind=item.label, scene=index, **appearance_statistics(item.albedo))
+            if item.label in (POSTER, PANEL):
+                wall = next(w for w in walls if np.allclose(w.normal, item.normal))
+                rows.append(dict(row, stand_off=(item.point - wall.point) @ wall.normal))
+            elif item.label in (BOX, CRATE):
+                width, height, depth = 2 * item.half_size
+                rows.append(dict(row, width=width, height=height, depth=depth))
+    return rows
+
+
+def separability(rows, first, second, statistics):
+    """The best held-out accuracy over `statistics`."""
+    return max(held_out_accuracy(rows, first, second, statistic) for statistic in statistics)
+
+
+@pytest.mark.parametrize('cue', PANEL_CUES)
+def test_panel_cue_sets_what_tells_panels_from_posters(cue):
+    rows = drawn_objects(SceneStyle(panel_cue=cue))
+    depth_tells = separability(rows, POSTER, PANEL, ['stand_off'])
+    appearance_tells = separability(rows, POSTER, PANEL, APPEARANCE)
+    assert depth_tells >= 0.9 if cue in ('depth', 'both') else depth_tells <= 0.65
+    assert appearance_tells >= 0.9 if cue in ('appearance', 'both') else appearance_tells <= 0.65
+
+
+@pytest.mark.parametrize('cue', CRATE_CUES)
+def test_crate_cue_sets_what_tells_crates_from_boxes(cue):
+    rows = drawn_objects(SceneStyle(crate_cue=cue))
+    geometry_tells = separability(rows, BOX, CRATE, ['width', 'height', 'depth'])
+    assert separability(rows, BOX, CRATE, APPEARANCE) >= 0.9
+    assert geometry_tells >= 0.9 if cue == 'both' else geometry_tells <= 0.65
+
+
+def test_depth_noise_and_hole_rate_change_only_the_depth():
+    clean = make_scene(0, 7, style=SceneStyle(depth_noise=0.0, hole_rate=0.0))
+    noisy = make_scene(0, 7, style=SceneStyle(depth_noise=0.05, hole_rate=0.3))
+    np.testing.assert_array_equal(clean.rgb, noisy.rgb)
+    np.testing.assert_array_equal(clean.label, noisy.label)
+    measured = (clean.depth > 0) & (noisy.depth > 0)
+    relative_error = noisy.depth[measured] / clean.depth[measured] - 1
+    assert 0.04 < relative_error.std() < 0.06
+    assert (noisy.depth == 0).mean() > (clean.depth == 0).mean() + 0.05
+
+
+def test_bad_style_is_one_clear_error():
+    with pytest.raises(ValueError, match="crate cue must be one of .* got 'depth'"):
+        SceneStyle(crate_cue='depth')
+    with pytest.raises(ValueError, match='hole rate must be in'):
+        SceneStyle(hole_rate=1.5)
+
+
+def test_nyu_like_same_seed_same_files(tmp_path):
+    nyu_like = PRESETS['nyu_like']
+    for name, seed, workers in (('a', 3, 1), ('b', 3, 2), ('c', 4, 1)):
+        make_synthetic_dataset(str(tmp_path / name), num_train=3, num_test=1, seed=seed,
+                               style=nyu_like, workers=workers)
+    make_synthetic_dataset(str(tmp_path / 'default'), num_train=3, num_test=1, seed=3, workers=1)
+    files = tree_files(tmp_path / 'a')
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path / 'a', tmp_path / 'b', files, shallow=False)
+    assert mismatch == [] and errors == []
+    for other in ('c', 'default'):
+        _, changed, _ = filecmp.cmpfiles(tmp_path / 'a', tmp_path / other, files, shallow=False)
+        assert any(name.startswith('Depth') for name in changed), other
+
+
+def test_existing_dataset_is_kept_unless_overwrite(tmp_path):
+    root = str(tmp_path / 'Synthetic')
+    make_synthetic_dataset(root, num_train=3, num_test=1, seed=0, workers=1)
+    (tmp_path / 'Synthetic' / 'notes.txt').write_text('mine')
+    before = {name: (tmp_path / 'Synthetic' / name).read_bytes() for name in tree_files(root)}
+    with pytest.raises(FileExistsError, match='already holds files'):
+        make_synthetic_dataset(root, num_train=1, num_test=1, seed=1, workers=1)
+    assert {name: (tmp_path / 'Synthetic' / name).read_bytes() for name in tree_files(root)} == before
+
+    make_synthetic_dataset(root, num_train=1, num_test=1, seed=1, workers=1, overwrite=True)
+    assert tree_files(root) == sorted(['notes.txt', 'test.txt', 'train.txt'] + [
+        os.path.join(folder, f'000{i}.png') for folder in ('Depth', 'HHA', 'Label', 'RGB') for i in (0, 1)])
+
+
+def test_make_synthetic_refuses_an_existing_dataset_in_one_line(tmp_path):
+    out = str(tmp_path / 'Synthetic')
+    command = [sys.executable, os.path.join(REPO_ROOT, 'tools', 'make_synthetic.py'), '--out', out,
+               '--num-train', '1', '--num-test', '1', '--workers', '1', '--preset', 'nyu_like', '--hole-rate', '0.1']
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    refused = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        f"make_synthetic.py: '{out}' already holds files; pass --overwrite to replace the dataset there"]
+    assert subprocess.run(command + ['--overwrite'], env=env, capture_output=True).returncode == 0
+
+
+def test_each_demo_config_generates_its_own_dataset(tmp_path):
+    small = {'num_train_imgs': 2, 'num_eval_imgs': 1, 'image_height': 32, 'image_width': 48}
+    configs = {}
+    for name in ('demo', 'demo_nyulike'):
+        cfg = load_config(os.path.join(REPO_ROOT, 'config', f'{name}.py'),
+                          dict(small, dataset_path=str(tmp_path / name), seed=7))
+        assert ensure_synthetic_dataset(cfg, workers=1)
+        assert not ensure_synthetic_dataset(cfg, workers=1)  # present: used as it is
+        configs[name] = cfg
+    assert configs['demo'].synthetic_preset == 'depth_decisive'
+    assert configs['demo_nyulike'].synthetic_preset == 'nyu_like'
+    assert configs['demo'].log_dir != configs['demo_nyulike'].log_dir
+    # The scenes follow synthetic_seed, not the training seed.
+    make_synthetic_dataset(str(tmp_path / 'expected'), 2, 1, 32, 48, seed=configs['demo'].synthetic_seed,
+                           workers=1)
+    files = tree_files(tmp_path / 'expected')
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path / 'expected', tmp_path / 'demo', files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+def test_real_dataset_configs_generate_nothing(tmp_path):
+    cfg = load_config(os.path.join(REPO_ROOT, 'config', 'nyu_b2.py'), {'dataset_path': str(tmp_path / 'NYU')})
+    assert cfg.synthetic_preset is None
+    assert not ensure_synthetic_dataset(cfg)
+    assert not os.path.exists(tmp_path / 'NYU')
+
+
+def test_interrupted_generation_is_one_clear_error(tmp_path):
+    cfg = load_config(os.path.join(REPO_ROOT, 'config', 'demo.py'), {'dataset_path': str(tmp_path / 'Synthetic')})
+    os.makedirs(tmp_path / 'Synthetic' / 'RGB')
+    (tmp_path / 'Synthetic' / 'RGB' / '0000.png').write_bytes(b'')
+    with pytest.raises(FileExistsError, match='no train.txt: remove it, or regenerate it with .*--overwrite'):
+        ensure_synthetic_dataset(cfg)

@@ -66,6 +66,7 @@ import torchvision
 import train
 from config import REPO_ROOT, ConfigError, add_config_args, load_config, parse_overrides
 from engine import run_dir as rd
+from tools.synthetic_rooms import ensure_synthetic_dataset
 from models.distill import feature_term_on, kl_term_on
 from utils.io import atomic_write, write_json
 
@@ -527,16 +528,17 @@ def write_report(cells, order, variants, reference, out, grid):
 # The grid from the command line
 
 def check_dataset(cfg):
-    """The grid trains on an existing dataset: it never depends on a cell's seed."""
+    """The grid trains on one dataset for every cell: a synthetic config's data is generated once
+    (tools/synthetic_rooms.ensure_synthetic_dataset, from its synthetic_seed, never a cell's seed);
+    any other must exist."""
+    try:
+        ensure_synthetic_dataset(cfg)
+    except FileExistsError as e:
+        raise GridError(str(e)) from None
     split = os.path.join(cfg.dataset_path, cfg.train_source)
-    if os.path.isfile(split):
-        return
-    how = 'prepare it as README.md, "Data preparation", says'
-    if cfg.dataset_name.startswith('Synthetic'):
-        how = (f'generate it with `python tools/make_synthetic.py --out {repo_path(cfg.dataset_path)} '
-               f'--num-train {cfg.num_train_imgs} --num-test {cfg.num_eval_imgs} --height {cfg.image_height} '
-               f'--width {cfg.image_width} --seed {cfg.seed}`')
-    raise GridError(f"no dataset: '{split}' does not exist (config key dataset_path); {how}")
+    if not os.path.isfile(split):
+        raise GridError(f"no dataset: '{split}' does not exist (config key dataset_path); prepare it as "
+                        f"README.md, \"Data preparation\", says")
 
 
 def plan_grid(config, requested, seeds, out, opts, reference='cmx', teacher_file=None, variants=None):

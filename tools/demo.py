@@ -7,12 +7,11 @@ command lines (train.sh, then val.sh -e last), so the demo shows exactly what a 
 Running it again skips finished runs and continues unfinished ones.
 """
 import argparse
-import os
 import time
 
 from config import add_config_args, config_from_args
 from tools import ablate
-from tools.synthetic_rooms import make_synthetic_dataset
+from tools.synthetic_rooms import ensure_synthetic_dataset
 
 # (variant, row name, input)
 ROWS = (('rgb_teacher', 'RGB teacher', 'RGB'), ('cmx', 'CMX baseline', 'RGB-D'), ('primkd', 'PrimKD student', 'RGB-D'))
@@ -54,10 +53,10 @@ def main():
     args = parser.parse_args()
     cfg = config_from_args(args, parser)
     start = time.perf_counter()
-    if not os.path.isfile(os.path.join(cfg.dataset_path, cfg.train_source)):
-        print(f'>> generating {cfg.num_train_imgs} + {cfg.num_eval_imgs} synthetic scenes in {cfg.dataset_path}')
-        make_synthetic_dataset(cfg.dataset_path, num_train=cfg.num_train_imgs, num_test=cfg.num_eval_imgs,
-                               height=cfg.image_height, width=cfg.image_width, seed=cfg.seed)
+    try:
+        ensure_synthetic_dataset(cfg)
+    except FileExistsError as error:
+        parser.error(str(error))
     # The grid gives each run its own log_dir under the demo's, and the seed.
     opts = [o for o in args.opts if o.partition('=')[0].strip() not in ('log_dir', 'seed')]
     variants = [variant for variant, _, _ in ROWS]

@@ -1,27 +1,36 @@
-"""Synthetic RGB-D rooms for the demo: small scenes where the depth channel carries information
-the colour image does not.
+"""Synthetic RGB-D rooms for the demo, with the balance between colour and depth as a knob.
 
 Each scene is a room (floor, four walls, ceiling) seen through a pinhole camera with the NYU Depth
 V2 intrinsics scaled to the output size, rendered by ray casting every pixel at once (NumPy, no
-pixel loops). Objects: boxes and crates (the same geometry distribution, different appearance),
-posters and panels (the same appearance distribution; posters lie flush on a wall, panels stand
-15-40 cm in front of it), balls, and unlabeled clutter (cylinders, label 0). So
+pixel loops). Objects: boxes and crates, posters and panels, balls, and unlabeled clutter
+(cylinders, label 0). Two class pairs carry the knob (SceneStyle): what tells
 
-* poster vs panel can be told apart only by geometry (depth, HHA), not by colour;
-* box vs crate only by appearance (cardboard vs slatted plastic), not by depth.
+* a panel from a poster: 'depth' (the same artwork distribution; posters lie flush on a wall,
+  panels stand 15-40 cm in front of it), 'appearance' (both flush; panels are framed boards in
+  one muted colour) or 'both';
+* a crate from a box: 'appearance' (the same size, place and orientation distributions;
+  cardboard vs slatted plastic) or 'both' (crates are also lower and wider). Floor objects have
+  no stand-off that a colour image cannot see (their outline shows their shape), so crates take
+  no 'depth'.
 
 Colour: class-dependent albedo and textures, Lambertian shading by one directional light plus
 ambient, exposure and pixel noise. Depth: the camera-frame z of the hit, with sensor-like noise
-(standard deviation 1 % of the depth) and holes (random blobs, the far side of depth edges, beyond
-9.5 m); holes are 0 in Depth/NAME.png (uint16 millimetres). HHA is computed as tools/prepare_nyu.py
-does for NYU: from the depth with its holes in-painted.
+(a standard deviation of `depth_noise` times the depth) and holes (random blobs covering up to
+`hole_rate` of the image, the far side of depth edges, beyond 9.5 m); holes are 0 in
+Depth/NAME.png (uint16 millimetres). HHA is computed as tools/prepare_nyu.py does for NYU: from
+the depth with its holes in-painted.
+
+PRESETS names two styles: 'depth_decisive' (the demo's rooms: posters and panels differ only in
+depth) and 'nyu_like' (RGB is the primary modality, as on NYU Depth V2).
 
 Classes (labels 1..8, in the order of config/demo.py): wall, floor, ceiling, box, crate, poster,
-panel, ball; 0 = unlabeled. Scene i is a function of (seed, i) alone; names are the zero-padded
-scene index, training scenes first.
+panel, ball; 0 = unlabeled. Scene i is a function of (seed, i, style) alone; names are the
+zero-padded scene index, training scenes first.
 """
 import colorsys
+import dataclasses
 import os
+import shutil
 from multiprocessing import Pool
 from typing import NamedTuple
 
@@ -34,10 +43,46 @@ CLASS_NAMES = ('wall', 'floor', 'ceiling', 'box', 'crate', 'poster', 'panel', 'b
 UNLABELED, WALL, FLOOR, CEILING, BOX, CRATE, POSTER, PANEL, BALL = range(9)
 UP = np.array([0.0, 1.0, 0.0])
 
-DEPTH_NOISE = 0.01          # standard deviation of the depth noise, relative to depth
 MAX_DEPTH_M = 9.5           # farther points are not measured
 POSTER_OFFSET_M = 0.003     # in front of the wall, so that the poster wins the depth test
 PANEL_OFFSET_M = (0.15, 0.40)
+BOX_SIZE_M = ((0.3, 0.25, 0.3), (0.8, 0.8, 0.8))     # (low, high) of width, height, depth
+LOW_CRATE_SIZE_M = ((0.5, 0.15, 0.4), (0.9, 0.3, 0.7))  # crates whose shape differs from boxes'
+DATASET_ENTRIES = ('RGB', 'Depth', 'HHA', 'Label', 'train.txt', 'test.txt')  # what a dataset holds
+
+PANEL_CUES = ('depth', 'appearance', 'both')
+CRATE_CUES = ('appearance', 'both')
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneStyle:
+    """What tells the paired classes apart, and how good the depth sensor is.
+
+    panel_cue: how a panel differs from a poster, one of PANEL_CUES.
+    crate_cue: how a crate differs from a box, one of CRATE_CUES.
+    depth_noise: standard deviation of the depth noise, relative to the depth.
+    hole_rate: random blobs of missing depth cover a share of each image drawn from [0, hole_rate].
+    """
+    panel_cue: str = 'depth'
+    crate_cue: str = 'appearance'
+    depth_noise: float = 0.01
+    hole_rate: float = 0.06
+
+    def __post_init__(self):
+        if self.panel_cue not in PANEL_CUES:
+            raise ValueError(f'panel cue must be one of {PANEL_CUES}, got {self.panel_cue!r}')
+        if self.crate_cue not in CRATE_CUES:
+            raise ValueError(f'crate cue must be one of {CRATE_CUES}, got {self.crate_cue!r}')
+        if not 0 <= self.depth_noise < 1:
+            raise ValueError(f'depth noise must be in [0, 1), got {self.depth_noise}')
+        if not 0 <= self.hole_rate < 1:
+            raise ValueError(f'hole rate must be in [0, 1), got {self.hole_rate}')
+
+
+PRESETS = {
+    'depth_decisive': SceneStyle(),
+    'nyu_like': SceneStyle(panel_cue='both', crate_cue='appearance', depth_noise=0.01, hole_rate=0.06),
+}
 
 
 def scaled_camera(height, width):
@@ -129,6 +174,18 @@ def print_appearance(rng):
         colour = first + (second - first) * np.asarray(mix, dtype=np.float64)[:, None]
         border = ((uv < margin) | (uv > 1 - margin)).any(1)
         return np.where(border[:, None], 0.95, colour)
+    return albedo
+
+
+def board_appearance(rng):
+    """A board (pinboard, acoustic panel): one muted colour with a faint texture in a dark frame;
+    the panels' own look when their cue includes appearance."""
+    colour, frame = _hsv(rng, (0, 1), (0.1, 0.4), (0.45, 0.8)), rng.uniform(0.04, 0.08)
+    noise = _wave_noise(rng, 6.0)
+
+    def albedo(uv):
+        border = ((uv < frame) | (uv > 1 - frame)).any(1)
+        return np.where(border[:, None], 0.12, colour * (1 + 0.05 * noise(uv))[:, None])
     return albedo
 
 
@@ -270,9 +327,10 @@ class Cylinder:
 class Scene:
     """A camera in a room with objects: everything `render` needs, drawn from one generator."""
 
-    def __init__(self, rng, height, width):
+    def __init__(self, rng, height, width, style):
         self.camera = scaled_camera(height, width)
         self.size = (height, width)
+        self.style = style
         self.room = rng.uniform((3.0, 2.4, 3.5), (6.0, 3.2, 7.0))       # x (width), y (up), z
         room_x, room_y, room_z = self.room
         self.position = np.array([rng.uniform(0.3, 0.7) * room_x, rng.uniform(1.0, 1.7),
@@ -321,8 +379,10 @@ class Scene:
             self._add_wall_item(rng, label)
 
     def _add_container(self, rng, label):
-        """A box or a crate: the same size, place and orientation distributions."""
-        size = rng.uniform((0.3, 0.25, 0.3), (0.8, 0.8, 0.8))
+        """A box or a crate: the same place and orientation distributions; the same sizes unless
+        the crate cue is 'both'."""
+        low_crate = label == CRATE and self.style.crate_cue == 'both'
+        size = rng.uniform(*(LOW_CRATE_SIZE_M if low_crate else BOX_SIZE_M))
         yaw = rng.uniform(0, np.pi / 2)
         appearance = box_appearance(rng) if label == BOX else crate_appearance(rng)
         spot = self._floor_spot(rng, np.hypot(size[0], size[2]) / 2)
@@ -347,16 +407,18 @@ class Scene:
         return None
 
     def _add_wall_item(self, rng, label, tries=20):
-        """A poster (flush) or a panel (standing out) on the far or a side wall, centre in view.
-        Both draw size, place and artwork from the same distributions."""
+        """A poster or a panel on the far or a side wall, centre in view. Both draw size and place
+        from the same distributions; panels stand out from the wall when their cue includes depth,
+        and look like boards when it includes appearance (else both show printed artwork)."""
         room_x, room_y, room_z = self.room
         walls = (  # (point on the wall, inward normal, along-wall axis, along-wall range)
             ((0, 0, room_z), (0, 0, -1), (1, 0, 0), (0, room_x)),
             ((0, 0, 0), (1, 0, 0), (0, 0, 1), (self.position[2] + 1.0, room_z)),
             ((room_x, 0, 0), (-1, 0, 0), (0, 0, 1), (self.position[2] + 1.0, room_z)))
+        cue = self.style.panel_cue if label == PANEL else None
         size = rng.uniform((0.4, 0.4), (1.2, 1.0))
-        albedo = print_appearance(rng)
-        offset = POSTER_OFFSET_M if label == POSTER else rng.uniform(*PANEL_OFFSET_M)
+        albedo = board_appearance(rng) if cue in ('appearance', 'both') else print_appearance(rng)
+        offset = rng.uniform(*PANEL_OFFSET_M) if cue in ('depth', 'both') else POSTER_OFFSET_M
         for _ in range(tries):
             wall = rng.choice(3, p=(0.5, 0.25, 0.25))
             point, normal, axis, (low, high) = (np.asarray(v, float) for v in walls[wall])
@@ -421,19 +483,19 @@ def render(scene, rng):
     rgb = np.clip(np.rint(colour * 255), 0, 255).astype(np.uint8).reshape(height, width, 3)
 
     depth = depth.reshape(height, width)
-    measured = depth * (1 + DEPTH_NOISE * rng.normal(size=depth.shape))
-    measured[sensor_holes(depth, rng)] = 0
+    measured = depth * (1 + scene.style.depth_noise * rng.normal(size=depth.shape))
+    measured[sensor_holes(depth, rng, scene.style.hole_rate)] = 0
     return (rgb, measured.astype(np.float32), labels.reshape(height, width),
             instances.reshape(height, width).astype(np.int32))
 
 
-def sensor_holes(depth, rng):
-    """Where a depth sensor returns nothing: random blobs, the far side of depth edges (the
-    shadow of the nearer surface), and points too far away."""
+def sensor_holes(depth, rng, hole_rate):
+    """Where a depth sensor returns nothing: random blobs (up to `hole_rate` of the image), the far
+    side of depth edges (the shadow of the nearer surface), and points too far away."""
     height, width = depth.shape
     coarse = rng.normal(size=(max(2, height // 10), max(2, width // 10))).astype(np.float32)
     field = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    blobs = field > np.quantile(field, 1 - rng.uniform(0.0, 0.06))
+    blobs = field > np.quantile(field, 1 - rng.uniform(0.0, hole_rate))
     nearest_neighbour = cv2.erode(depth.astype(np.float32), np.ones((3, 3), np.uint8))
     shadows = (depth - nearest_neighbour > 0.05 * depth) & (rng.random(depth.shape) < 0.7)
     return blobs | shadows | (depth > MAX_DEPTH_M)
@@ -448,10 +510,10 @@ class RenderedScene(NamedTuple):
     scene: Scene
 
 
-def make_scene(seed, index, height=120, width=160):
-    """Scene `index` of the dataset drawn with `seed`."""
+def make_scene(seed, index, height=120, width=160, style=PRESETS['depth_decisive']):
+    """Scene `index` of the dataset drawn with `seed` in `style`."""
     rng = np.random.default_rng((seed, index))
-    scene = Scene(rng, height, width)
+    scene = Scene(rng, height, width, style)
     rgb, depth, label, instances = render(scene, rng)
     return RenderedScene(rgb, depth, inpainted_hha(depth, scene.camera), label, instances, scene)
 
@@ -462,8 +524,8 @@ def _write_png(path, image):
 
 
 def _write_scene(job):
-    root, name, seed, index, height, width = job
-    rendered = make_scene(seed, index, height, width)
+    root, name, seed, index, height, width, style = job
+    rendered = make_scene(seed, index, height, width, style)
     depth_mm = np.rint(rendered.depth * 1000).astype(np.uint16)
     _write_png(os.path.join(root, 'RGB', name + '.png'), rendered.rgb[..., ::-1])
     _write_png(os.path.join(root, 'Depth', name + '.png'), depth_mm)
@@ -472,20 +534,39 @@ def _write_scene(job):
     return name
 
 
+def _clear_dataset_folder(root, overwrite):
+    """Refuses a folder that already holds files unless `overwrite`; then removes the dataset
+    written there before (DATASET_ENTRIES; nothing else), so that no stale scene survives."""
+    if not os.path.isdir(root) or not os.listdir(root):
+        return
+    if not overwrite:
+        raise FileExistsError(f"'{root}' already holds files")
+    for entry in DATASET_ENTRIES:
+        path = os.path.join(root, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
 def make_synthetic_dataset(root, num_train=200, num_test=50, height=120, width=160, seed=0,
-                           workers=None, progress=None):
-    """Writes num_train + num_test scenes in the official layout under `root`: RGB/, Depth/, HHA/,
-    Label/ (NAME.png each) and train.txt / test.txt (bare names). `workers` processes render
-    (default: all CPUs); `progress` wraps the iterator of finished names (e.g. tqdm)."""
+                           style=PRESETS['depth_decisive'], workers=None, progress=None,
+                           overwrite=False):
+    """Writes num_train + num_test scenes in `style` in the official layout under `root`: RGB/,
+    Depth/, HHA/, Label/ (NAME.png each) and train.txt / test.txt (bare names). A folder that
+    already holds files raises FileExistsError unless `overwrite`, which first removes the dataset
+    there. `workers` processes render (default: all CPUs); `progress` wraps the iterator of
+    finished names (e.g. tqdm)."""
     if num_train < 1 or num_test < 1 or height < 16 or width < 16:
         raise ValueError(f'expected num_train, num_test >= 1 and an image of at least 16x16, got '
                          f'num_train={num_train}, num_test={num_test}, {height}x{width}')
+    _clear_dataset_folder(root, overwrite)
     total = num_train + num_test
     digits = max(4, len(str(total - 1)))
     names = [f'{index:0{digits}d}' for index in range(total)]
     for folder in ('RGB', 'Depth', 'HHA', 'Label'):
         os.makedirs(os.path.join(root, folder), exist_ok=True)
-    jobs = [(root, name, seed, index, height, width) for index, name in enumerate(names)]
+    jobs = [(root, name, seed, index, height, width, style) for index, name in enumerate(names)]
     workers = min(workers or os.cpu_count() or 1, total)
     wrap = progress or (lambda iterator, **_: iterator)
     if workers > 1:
@@ -498,3 +579,21 @@ def make_synthetic_dataset(root, num_train=200, num_test=50, height=120, width=1
     for split, split_names in (('train', names[:num_train]), ('test', names[num_train:])):
         with open(os.path.join(root, f'{split}.txt'), 'w') as f:
             f.write('\n'.join(split_names) + '\n')
+
+
+def ensure_synthetic_dataset(cfg, workers=None):
+    """Writes the dataset a config names (synthetic_preset, synthetic_seed, its image counts and
+    size) to its dataset_path unless the training split is already there, which is used as it is.
+    Returns True when it wrote; configs of real datasets (synthetic_preset None) are left alone.
+    A folder that holds files but no split (an interrupted generation) raises FileExistsError."""
+    if cfg.synthetic_preset is None or os.path.isfile(os.path.join(cfg.dataset_path, cfg.train_source)):
+        return False
+    print(f'generating {cfg.num_train_imgs} + {cfg.num_eval_imgs} synthetic scenes '
+          f'(preset {cfg.synthetic_preset}, seed {cfg.synthetic_seed}) in {cfg.dataset_path}', flush=True)
+    try:
+        make_synthetic_dataset(cfg.dataset_path, cfg.num_train_imgs, cfg.num_eval_imgs, cfg.image_height,
+                               cfg.image_width, cfg.synthetic_seed, PRESETS[cfg.synthetic_preset], workers)
+    except FileExistsError as error:
+        raise FileExistsError(f'{error} but no {cfg.train_source}: remove it, or regenerate it with '
+                              f'tools/make_synthetic.py --overwrite') from None
+    return True

@@ -1,0 +1,14 @@
+"""The demo on 'nyu_like' synthetic rooms: RGB is the primary modality, as on NYU Depth V2.
+
+The same model and recipe as config/demo.py, on datasets/SyntheticNYULike (generated when absent),
+where panels and posters differ in appearance as well as depth and depth is noisier (see the
+"Synthetic rooms" paragraph of README.md for the presets and their measured RGB / RGB-D ratio).
+"""
+from config.demo import demo_config
+
+config = demo_config()
+config.dataset_name = 'SyntheticNYULike'
+config.dataset_path = 'datasets/SyntheticNYULike'
+config.synthetic_preset = 'nyu_like'
+config.teacher_checkpoint = 'log/demo_nyulike/teacher/best.pth'
+config.log_dir = 'log/demo_nyulike'
