@@ -10,5 +10,5 @@ config = demo_config()
 config.dataset_name = 'SyntheticNYULike'
 config.dataset_path = 'datasets/SyntheticNYULike'
 config.synthetic_preset = 'nyu_like'
-config.teacher_checkpoint = 'log/demo_nyulike/teacher/best.pth'
+config.teacher_checkpoint = 'log/demo_nyulike/teacher'   # the teacher run's last checkpoint
 config.log_dir = 'log/demo_nyulike'
