@@ -9,6 +9,7 @@ starts the right one. The official PrimKD command line works unchanged:
 import argparse
 import errno
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -235,8 +236,9 @@ def reason_to_stop(error: BaseException, run, cfg) -> tuple:
             or (isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS)):
         return f'{where}: {original_message(error)}', False
     if du.lost_peer(error):
+        detail = re.sub(r'^\[[^\]]*\]\s*', '', original_message(error))  # without gloo's source location
         return (f'{where}: no answer from another process within dist_timeout_minutes={cfg.dist_timeout_minutes} '
-                f'(one stopped, hung or lost): {original_message(error)}'), False
+                f'(one stopped, hung or lost): {detail}'), False
     return None
 
 

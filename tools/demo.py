@@ -43,7 +43,7 @@ def main():
              *(['--teacher', teacher] if role == 'student' else []), *opts, *train_args])
         out = os.path.join(cfg.log_dir, role, 'eval_best.json')
         run([python, 'val.py', '--config', args.config, '--mode', role,
-             '-e', os.path.join(cfg.log_dir, role, 'best.pth'), '--json', out, *opts])
+             '-e', os.path.join(cfg.log_dir, role, 'best.pth'), '--json', out, '--overwrite', *opts])
         with open(out) as f:
             results[role] = json.load(f)
 
