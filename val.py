@@ -15,7 +15,9 @@ checkpoint is found and checked against the model before the first image is eval
 Outputs: a per-class table and a summary line per checkpoint (console and val.log), a JSON file of
 all figures (--json, default <save_path or the checkpoint's folder>/eval_<name>.json), and with
 --save_path the predictions: pred/NAME.png holds prediction + 1 (the datasets' label convention,
-0 = unlabeled), color/NAME.png the same in the dataset palette.
+0 = unlabeled), color/NAME.png the same in the dataset palette. No earlier result is replaced
+unless --overwrite is given: a default JSON name that exists becomes eval_<name>-2.json (-3, ...),
+and an existing --json file or a --save_path holding predictions is refused.
 """
 import argparse
 import math
@@ -29,11 +31,11 @@ from dataloader.transforms import EvalTransform
 from engine import distributed as du
 from engine import run_dir as rd
 from engine.amp import resolve_amp
-from engine.evaluator import evaluate
+from engine.evaluator import evaluate, saved_predictions
 from engine.inference import add_prediction_args
 from engine.run_spec import RunSpec
 from models.weight_layouts import CheckpointError, load_checkpoint
-from utils.io import check_output_file, write_json
+from utils.io import check_output_file, check_output_folder, write_json
 from utils.metrics import format_metrics_table
 
 def get_args_parser():
@@ -54,32 +56,56 @@ def get_args_parser():
     parser.add_argument('--json', metavar='OUT',
                         help='JSON file of the figures (a folder for eval_<name>.json files when '
                              'several checkpoints are evaluated or OUT is a folder)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing JSON file or predictions (default: a new name for the '
+                             'JSON, eval_<name>-2.json, ...; existing predictions or --json OUT are refused)')
     parser.add_argument('-d', '--devices',
                         help='accepted for compatibility and ignored: choose GPUs with '
                              'CUDA_VISIBLE_DEVICES (val.sh starts one process per visible GPU)')
     return parser
 
 
-def output_paths(checkpoints, save_path, json_out):
-    """{checkpoint: (json file, prediction folder or None)}; ValueError if two would collide."""
+def free_name(path: str, taken=()) -> str:
+    """`path` if no file has it (nor `taken`), else the first free NAME-2.EXT, NAME-3.EXT, ..."""
+    stem, ext = os.path.splitext(path)
+    candidate, number = path, 1
+    while os.path.exists(candidate) or candidate in taken:
+        number += 1
+        candidate = f'{stem}-{number}{ext}'
+    return candidate
+
+
+def output_paths(checkpoints, save_path, json_out, overwrite=False):
+    """{checkpoint: (json file, prediction folder or None)}. A result never replaces an earlier one
+    unless `overwrite`: a default JSON name that exists becomes the next free one (eval_best-2.json),
+    and ValueError names an explicit --json file that exists, a prediction folder that holds
+    predictions, or two checkpoints that would write the same file."""
     several = len(checkpoints) > 1
     json_is_folder = json_out is not None and (several or os.path.isdir(json_out))
     outputs = {}
     for path in checkpoints:
         name = rd.checkpoint_name(path)
         if json_out is not None and not json_is_folder:
-            json_path = json_out
+            json_path = os.path.abspath(json_out)
+            if os.path.exists(json_path) and not overwrite:
+                raise ValueError(f"--json '{json_out}' exists: choose another name, or pass --overwrite to replace it")
         else:
-            json_path = os.path.join(json_out or save_path or os.path.dirname(path), f'eval_{name}.json')
+            json_path = os.path.abspath(os.path.join(json_out or save_path or os.path.dirname(path),
+                                                     f'eval_{name}.json'))
+            if not overwrite:
+                json_path = free_name(json_path, taken={j for j, _ in outputs.values()})
         prediction_dir = None if save_path is None else (
             os.path.join(save_path, name) if several else save_path)
-        outputs[path] = (os.path.abspath(json_path), prediction_dir)
-    json_paths = [json_path for json_path, _ in outputs.values()]
-    for json_path in json_paths:
-        if json_paths.count(json_path) > 1:
-            clashing = [p for p, (j, _) in outputs.items() if j == json_path]
-            raise ValueError(f"checkpoints {clashing} would write the same '{json_path}'; "
-                             f"evaluate them in separate runs")
+        if prediction_dir is not None and not overwrite and saved_predictions(prediction_dir):
+            raise ValueError(f"--save_path: '{prediction_dir}' already holds predictions: choose another "
+                             f"folder, or pass --overwrite to replace them")
+        outputs[path] = (json_path, prediction_dir)
+    for index, (json_path, prediction_dir) in enumerate(outputs.values()):
+        for other, (other_json, other_dir) in list(outputs.items())[index + 1:]:
+            if json_path == other_json or (prediction_dir is not None and prediction_dir == other_dir):
+                raise ValueError(f"two checkpoints (one is {other}) would write the same "
+                                 f"'{json_path if json_path == other_json else prediction_dir}'; "
+                                 f"evaluate them in separate runs")
     return outputs
 
 
@@ -101,15 +127,19 @@ def summary_table(rows):
     return '\n'.join(lines)
 
 
-def report(result, settings, class_names, json_path):
-    """The per-class table to the console and to val.log beside the JSON file of all figures."""
+def report(result, settings, class_names, json_path, overwrite=False):
+    """The per-class table to the console and to val.log beside the JSON file of all figures. A JSON
+    file another process wrote since the start is not replaced (unless `overwrite`): the figures go
+    to the next free name."""
     table = format_metrics_table(result, class_names)
-    print(f'\n{settings["checkpoint"]}\n{table}')
     record = {**settings, 'num_images': result['num_images'], 'seconds': result['seconds'],
               'class_names': class_names,
               **{k: json_ready(result[k]) for k in ('miou', 'macc', 'pixel_acc', 'fwiou', 'iou', 'acc')},
               'hist': result['hist'].tolist()}
+    if not overwrite:
+        json_path = free_name(json_path)
     write_json(json_path, record, indent=1)
+    print(f'\n{settings["checkpoint"]}\n{table}\nfigures: {json_path}')
     with open(os.path.join(os.path.dirname(json_path), 'val.log'), 'a') as f:
         options = ', '.join(f'{k} {settings[k]}' for k in ('role', 'mode', 'scales', 'flip', 'amp'))
         f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {settings["checkpoint"]} ({options})\n'
@@ -120,7 +150,7 @@ def main(args, parser):
     """Evaluates every checkpoint of -e; returns [(path, result dict)] (the same on every process)."""
     cfg = config_from_args(args, parser)
     try:
-        dist_info = du.init_distributed(args.device)
+        dist_info = du.init_distributed(args.device, cfg.dist_timeout_minutes)
     except ValueError as e:
         parser.error(str(e))
     role, spec = args.mode, RunSpec.for_evaluation(args.mode)
@@ -147,7 +177,7 @@ def main(args, parser):
         fail(f'--amp {args.amp}: {e}')
     try:
         checkpoints = rd.resolve_checkpoints(args.checkpoints, rd.run_dir(cfg.log_dir, role), role)
-        outputs = output_paths(checkpoints, args.save_path, args.json)
+        outputs = output_paths(checkpoints, args.save_path, args.json, args.overwrite)
     except ValueError as e:
         fail(str(e))
     try:
@@ -160,11 +190,16 @@ def main(args, parser):
             load_checkpoint(model, path, mmap=True)
     except CheckpointError as e:
         fail(str(e))
-    for json_path, _ in outputs.values():  # last, as it creates the output folders
+    for json_path, prediction_dir in outputs.values():  # last, as it creates the output folders
         try:
             check_output_file(json_path)
         except OSError as e:
             fail(f"cannot write '{json_path}': {e}")
+        try:
+            if prediction_dir is not None:
+                check_output_folder(prediction_dir)
+        except OSError as e:
+            fail(f"--save_path: cannot write predictions in '{prediction_dir}': {e}")
     model.to(dist_info.device)
 
     if dist_info.is_main:
@@ -191,7 +226,7 @@ def main(args, parser):
                         'mode': mode, 'crop_size': cfg.eval_crop_size,
                         'stride_rate': cfg.eval_stride_rate, 'scales': scales, 'flip': flip,
                         'amp': args.amp, 'processes': dist_info.world_size}
-            report(result, settings, cfg.class_names, json_path)
+            report(result, settings, cfg.class_names, json_path, args.overwrite)
     if dist_info.is_main:
         print(f'\nsummary ({role}, {mode}, scales {scales}, flip {flip})\n{summary_table(results)}')
     du.cleanup()

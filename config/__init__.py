@@ -10,6 +10,7 @@ import ast
 import os
 import pprint
 import runpy
+import traceback
 
 from easydict import EasyDict
 
@@ -76,6 +77,7 @@ CHECKS = {
     'eval_step': (_positive, 'a positive integer'),
     'eval_max_batch': (_positive, 'a positive integer'),
     'checkpoint_step': (_positive, 'a positive integer'),
+    'dist_timeout_minutes': (_positive, 'a positive number'),
     'checkpoint_start_epoch': (_non_negative, 'an integer >= 0'),
     'background': (lambda v: 0 <= v <= 255, 'an integer in [0, 255]'),
     'eval_crop_size': (lambda v: len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v),
@@ -169,12 +171,34 @@ def _resolve_paths(cfg):
         cfg.log_dir = os.path.join(REPO_ROOT, 'log', f'{cfg.dataset_name}_{cfg.backbone}')
 
 
+def _error_line(error: BaseException, path: str):
+    """The line of the config file (or of a file it runs) where `error` arose: a syntax error's own
+    line, else the deepest frame of the traceback that is in `path`."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return error.filename, error.lineno
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    return (path, frames[-1].lineno) if frames else (path, None)
+
+
+def _run_config_file(path):
+    """The namespace the config file leaves; any error in it (it is Python) is a ConfigError
+    naming the file, the line and the error."""
+    try:
+        return runpy.run_path(path)
+    except Exception as e:  # the file is Python: whatever it raises is its error
+        filename, line = _error_line(e, path)
+        where = f"config file '{filename}'" + (f', line {line}' if line else '')
+        message = e.msg if isinstance(e, SyntaxError) else str(e)
+        raise ConfigError(f'{where}: {type(e).__name__}: {message}') from None
+
+
 def load_config(path, overrides=None):
     """Runs the config file at `path`, applies `overrides` (a dict or a list of 'key=value'),
     checks the result and fills in derived values. Returns an EasyDict."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file '{path}' does not exist (configs are in {REPO_ROOT}/config)")
-    namespace = runpy.run_path(path)
+    namespace = _run_config_file(path)
     if not isinstance(namespace.get('config'), dict):
         raise ConfigError(f"config file '{path}' must define an EasyDict named 'config'")
     cfg = EasyDict(namespace['config'])
@@ -220,12 +244,17 @@ def add_config_args(parser, default='config/nyu_b4.py'):
     return parser
 
 
+def config_error_exit(parser, error: ConfigError):
+    """Ends a script with one line for a bad config (no usage text: the command line parsed)."""
+    parser.exit(2, f'{parser.prog}: error: {error}\n')
+
+
 def config_from_args(args, parser):
     """load_config for a script: a bad config ends the script with one line naming the key."""
     try:
         return load_config(args.config, args.opts)
     except ConfigError as e:
-        parser.error(str(e))
+        config_error_exit(parser, e)
 
 
 def main(argv=None):

@@ -120,6 +120,9 @@ def base_config() -> EasyDict:
     # cuDNN picks the fastest convolution algorithms for the fixed 480x640 crops (as the official
     # code does); CUDA only.
     C.cudnn_benchmark = True
+    # Under torchrun, a process that waits longer than this for the others (one stopped, hung or
+    # lost without dying) ends the run with a message instead of waiting forever.
+    C.dist_timeout_minutes = 30.0
 
     # Evaluation
     C.eval_step = 25                 # validate every eval_step epochs (and after the last)

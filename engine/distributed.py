@@ -4,6 +4,7 @@ One process (no torchrun) is a world of size 1: every helper here works there to
 and evaluation code has a single path. Under torchrun the backend is NCCL when CUDA is available and
 gloo otherwise (multi-process runs on CPU).
 """
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -29,10 +30,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = 'auto') -> DistInfo:
+def init_distributed(device: str = 'auto', timeout_minutes: float = 30.0) -> DistInfo:
     """Joins the torchrun process group if there is one. `device`: 'auto' (the GPUs if there are any),
     'cpu' or 'cuda'. Raises DeviceError (a ValueError) when the GPUs cannot be used (engine/devices.py)
-    or this process has none of its own."""
+    or this process has none of its own. A collective operation that waits `timeout_minutes` for
+    another process raises (gloo) or ends the process (NCCL's watchdog) instead of waiting forever."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     rank = int(os.environ.get('RANK', 0))
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
@@ -48,6 +50,7 @@ def init_distributed(device: str = 'auto') -> DistInfo:
         dev = torch.device('cpu')
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo',
+                                timeout=datetime.timedelta(minutes=timeout_minutes),
                                 **({'device_id': dev} if use_cuda else {}))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
@@ -82,6 +85,29 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / get_world_size()
+
+
+def agree(ok: bool, device: torch.device):
+    """(whether `ok` holds on every process, whether it holds on the main one), with one all-reduce:
+    a problem only one process meets (the main process's lock or disk) stops all of them together
+    instead of leaving the others waiting for it."""
+    if not is_dist():
+        return ok, ok
+    failed = torch.tensor([0.0 if ok else 1.0, 0.0 if ok or get_rank() != 0 else 1.0], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    return failed[0].item() == 0.0, failed[1].item() == 0.0
+
+
+# What the backends' errors say when a collective operation gave up on another process: gloo raises
+# plain RuntimeErrors ("Timed out waiting 3000ms for recv", "Connection closed by peer").
+_LOST_PEER_TEXT = ('gloo', 'timed out', 'timeout', 'connection closed', 'connection reset')
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective operation that gave up waiting for another process."""
+    if not is_dist() or not isinstance(error, RuntimeError):
+        return False
+    return isinstance(error, dist.DistError) or any(t in str(error).lower() for t in _LOST_PEER_TEXT)
 
 
 def average_batchnorm_buffers(model: torch.nn.Module) -> None:

@@ -129,6 +129,15 @@ def predict_probabilities(model, rgb: torch.Tensor, extra, *, mode: str, scales,
     return total / (len(scales) * views)
 
 
+PREDICTION_FOLDERS = ('pred', 'color')   # the sub-folders of a save_path that hold predictions
+
+
+def saved_predictions(save_path: str) -> list:
+    """The prediction files a save_path holds already."""
+    return [name for folder in PREDICTION_FOLDERS if os.path.isdir(os.path.join(save_path, folder))
+            for name in os.listdir(os.path.join(save_path, folder))]
+
+
 def _save_prediction(save_path: str, name: str, pred, item: dict, cfg, with_inputs: bool):
     """DIR/pred/NAME.png in the label PNG convention (pred + 1; 0 = unlabeled) and DIR/color/NAME.png
     (optionally input | prediction | ground truth)."""
@@ -138,7 +147,7 @@ def _save_prediction(save_path: str, name: str, pred, item: dict, cfg, with_inpu
         rgb = denormalize(item['rgb'][0], cfg.norm_mean, cfg.norm_std, cfg.channel_order)
         truth = colorize(to_label_png(item['label'][0].numpy(), cfg.background), cfg.num_classes)
         colour = hstack_panels(rgb, colour, truth)
-    for folder, image in (('pred', pred_png), ('color', colour[..., ::-1])):  # cv2 writes BGR
+    for folder, image in zip(PREDICTION_FOLDERS, (pred_png, colour[..., ::-1])):  # cv2 writes BGR
         path = os.path.join(save_path, folder, name + '.png')
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if not cv2.imwrite(path, image):

@@ -32,20 +32,34 @@ def warmup_poly_factor(iteration: int, total_iters: int, warmup_iters: int, powe
     return max(0.0, 1.0 - iteration / total_iters) ** power
 
 
-def build_scheduler(optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per iteration."""
+def build_scheduler(optimizer, cfg, epochs_done: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The config's schedule, stepped once per iteration, standing where it stands after
+    `epochs_done` epochs (a resumed run): iteration epochs_done * niters_per_epoch, whose factor the
+    optimizer's learning rate is set to now, as after that many steps of an uninterrupted run.
+
+    The schedule is a function of the config and the epoch alone, never restored from a checkpoint:
+    a resume with another nepochs (or, allowed, another lr or batch size) gets the schedule of its
+    config, continuing from the epoch reached."""
     total = cfg.nepochs * cfg.niters_per_epoch
     warmup = cfg.warm_up_epoch * cfg.niters_per_epoch
+    for group in optimizer.param_groups:  # the base of the factors: the config's lr, not a checkpoint's
+        group['initial_lr'] = cfg.lr
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: warmup_poly_factor(it, total, warmup, cfg.lr_power))
+        optimizer, lambda it: warmup_poly_factor(it, total, warmup, cfg.lr_power),
+        last_epoch=epochs_done * cfg.niters_per_epoch - 1)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
-    """optimizer.load_state_dict, with every per-parameter state tensor (Adam's moments) given its
-    parameter's memory layout. load_state_dict keeps the saved strides, so resuming with another
-    channels_last setting would hand fused AdamW moments in one layout and weights in the other:
-    an error on CUDA, silently wrong updates on the CPU."""
+    """optimizer.load_state_dict for the moments and step counts only: the hyper-parameters (weight
+    decay, betas, momentum) stay those of the config the optimizer was built from, which a resume
+    with --allow-config-change may have changed. Every per-parameter state tensor (Adam's moments)
+    gets its parameter's memory layout: load_state_dict keeps the saved strides, so resuming with
+    another channels_last setting would hand fused AdamW moments in one layout and weights in the
+    other (an error on CUDA, silently wrong updates on the CPU)."""
+    settings = [{key: value for key, value in group.items() if key != 'params'} for group in optimizer.param_groups]
     optimizer.load_state_dict(state_dict)
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
     for group in optimizer.param_groups:
         for param in group['params']:
             state = optimizer.state.get(param, {})

@@ -24,6 +24,16 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def original_message(error: BaseException) -> str:
+    """An error's message in one line, as it was raised. A DataLoader worker's exception arrives
+    re-raised in the main process with the worker's whole traceback as its message, whose last line
+    is 'module.Type: message'; other messages are taken up to their first line break."""
+    text = str(error).strip()
+    if 'Original Traceback' in text:
+        return text.splitlines()[-1].split(f'{type(error).__name__}: ', 1)[-1]
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def teacher_forward(teacher, rgb, extra, amp_dtype):
     """The frozen teacher's output without autograd bookkeeping (models.distill turns the inference
     tensors into constants the student's backward can use)."""
@@ -120,18 +130,15 @@ def train_one_epoch(model, teacher, loader, optimizer, scheduler, scaler, cfg, e
 
 # Setting a run up around the epoch loop (train.py calls these in order).
 
-def load_start_weights(model, cfg, resume_path):
-    """The run's starting weights: a training checkpoint to resume (returned, for the optimizer
-    state), or the ImageNet encoders named by cfg.pretrained_model (None returned)."""
+def load_start_weights(model, cfg, mode, resume_path, allow_config_change=False, log=print):
+    """The run's starting weights: a training checkpoint of this mode to resume (returned, for the
+    optimizer state) that passes the resume policy (engine/run_dir.py), or the ImageNet encoders
+    named by cfg.pretrained_model (None returned)."""
     if resume_path is None:
         if cfg.pretrained_model:
             load_imagenet_encoder(model, cfg.pretrained_model)
         return None
-    resume = rd.read_training_checkpoint(resume_path)
-    conflicts = rd.resume_conflicts(resume['config'], cfg)
-    if conflicts:
-        raise CheckpointError(f"--resume '{resume_path}': this run changes {', '.join(conflicts)}; "
-                              f"resume with the checkpoint's settings (its config.py)")
+    resume = rd.read_resume_checkpoint(resume_path, cfg, mode, allow_config_change, log)
     try:
         load_checkpoint(model, resume)
     except CheckpointError as e:
@@ -150,11 +157,13 @@ def prepare_model(model, cfg, dist_info):
     return model
 
 
-def restore_training_state(resume, optimizer, scheduler, scaler, cfg, dist_info, logger):
-    """Continues a checkpoint's optimizer, schedule, scaler and randomness; returns (first epoch to
-    run, best validation mIoU so far)."""
-    load_optimizer_state(optimizer, resume['optimizer'])
-    scheduler.load_state_dict(resume['scheduler'])
+def restore_training_state(resume, optimizer, scaler, cfg, dist_info, logger):
+    """Continues a checkpoint's optimizer, scaler and randomness; returns (first epoch to run, best
+    validation mIoU so far). The learning-rate schedule is built for that epoch (build_scheduler)."""
+    try:
+        load_optimizer_state(optimizer, resume['optimizer'])
+    except ValueError as e:  # parameter groups of other sizes: a model changed with --allow-config-change
+        raise CheckpointError(f"the checkpoint's optimizer state does not fit this model: {e}") from e
     if resume['scaler']:  # empty when the run did not use fp16
         scaler.load_state_dict(resume['scaler'])
     start_epoch = resume['epoch'] + 1

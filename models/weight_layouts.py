@@ -200,19 +200,56 @@ def _check_fits(model_contents: CheckpointContents, contents: CheckpointContents
 
 # --- reading ------------------------------------------------------------------------------
 
+# How a file torch.save wrote begins: a zip archive (torch >= 1.6), or the legacy format's pickle
+# (protocol 2) of torch's magic number.
+ZIP_MAGIC = b'PK\x03\x04'
+LEGACY_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
+
+
+def _file_kind(path: str) -> str:
+    """'zip', 'legacy', 'empty' or 'other', from the first bytes of a file."""
+    with open(path, 'rb') as f:
+        head = f.read(len(LEGACY_MAGIC))
+    if not head:
+        return 'empty'
+    if head.startswith(ZIP_MAGIC):
+        return 'zip'
+    return 'legacy' if head == LEGACY_MAGIC else 'other'
+
+
+def _load_failure(error: Exception) -> str:
+    """The part of torch.load's error that says what is wrong with the file (not its advice to load
+    untrusted pickle with weights_only=False)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line.split(':', 1)[1] for line in lines if line.startswith('WeightsUnpickler error:')),
+                  lines[0] if lines else type(error).__name__)
+    return reason.strip().split('. ')[0].rstrip('.')
+
+
 def read_checkpoint_file(path, what: str = 'checkpoint', help_text: str = '', mmap: bool = False) -> dict:
-    """The dict a .pth file holds, loaded weights-only; CheckpointError naming the file otherwise.
-    `mmap` maps instead of reading (files written by torch >= 1.6): inspecting a training checkpoint
-    then reads its model tensors only, not the optimizer state that makes up most of it."""
+    """The dict a .pth file holds, loaded weights-only; CheckpointError naming the file otherwise,
+    saying what it is not (empty, not written by torch.save, torn, holding other objects).
+    `mmap` maps instead of reading (zip-format files, written by torch >= 1.6; legacy-format files
+    are read whole): inspecting a training checkpoint then reads its model tensors only, not the
+    optimizer state that makes up most of it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} '{path}' not found" + (f": {help_text}" if help_text
                                                                     else ''))
     try:
-        raw = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
-    except Exception as e:  # a truncated file or an arbitrary pickle: say which file
+        kind = _file_kind(path)
+    except OSError as e:
+        raise CheckpointError(f"{what} '{path}' cannot be read: {e.strerror or e}") from e
+    if kind == 'empty':
+        raise CheckpointError(f"{what} '{path}' is an empty file, not a checkpoint")
+    if kind == 'other':
+        raise CheckpointError(f"{what} '{path}' is not a PyTorch checkpoint (neither the zip format of "
+                              f"torch.save nor its legacy format)")
+    try:
+        raw = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap and kind == 'zip')
+    except Exception as e:  # a torn archive, or pickle of objects other than tensors: say which file
         raise CheckpointError(f"{what} '{path}' cannot be read as a weights-only checkpoint: "
-                              f"{e}") from e
+                              f"{_load_failure(e)}") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{what} '{path}' holds a {type(raw).__name__}, not a state dict")
     return raw

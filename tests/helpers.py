@@ -1,6 +1,8 @@
-"""Helpers shared by the tests: a free port for torchrun, a tiny run config, event and metric readers."""
+"""Helpers shared by the tests: a free port for torchrun, a tiny run config, event and metric readers,
+a run directory locked by another process."""
 import glob
 import json
+import multiprocessing
 import os
 import socket
 import struct
@@ -53,3 +55,23 @@ def read_scalars(event_dir):
 def read_metrics(run_dir):
     with open(rd.run_file(run_dir, rd.METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
+
+
+def _hold_lock(directory, ready, release, die):
+    lock = rd.RunLock(directory)
+    ready.set()
+    release.wait(60)
+    if die:
+        os._exit(0)   # killed: the lock file stays behind
+    lock.release()
+
+
+def locked_by_another_process(directory, die=False):
+    """A forked process that holds the run directory's lock (POSIX locks are per process) until the
+    returned event is set; then it releases it, or with `die` ends without releasing it."""
+    context = multiprocessing.get_context('fork')
+    ready, release = context.Event(), context.Event()
+    process = context.Process(target=_hold_lock, args=(directory, ready, release, die))
+    process.start()
+    assert ready.wait(60)
+    return process, release

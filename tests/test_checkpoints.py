@@ -6,7 +6,7 @@ import torch
 from config import load_config
 from models import build_model
 from models.weight_layouts import (CheckpointError, load_checkpoint, load_imagenet_encoder,
-                                official_key, project_key, to_official_state_dict)
+                                official_key, project_key, read_checkpoint_file, to_official_state_dict)
 
 
 def demo_model(role, distill=False, seed=0, *opts):
@@ -194,3 +194,22 @@ def test_imagenet_weights_go_into_both_branches(tmp_path):
     torch.save(state, tmp_path / 'odd.pth')
     with pytest.raises(CheckpointError, match=r'missing \(1\):\s+norm4.bias'):
         load_imagenet_encoder(student, tmp_path / 'odd.pth')
+
+
+def test_files_that_are_not_zip_checkpoints_are_named_for_what_they_are_not(tmp_path):
+    """val.py and --resume map checkpoints (mmap): a file that is not a zip archive must get its own
+    message, not torch's advice about mmap, and a legacy-format file loads as train.py loads it."""
+    model = demo_model('teacher')
+    torch.save({'model': model.state_dict()}, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
+    torch.save({'model': model.state_dict()}, tmp_path / 'zip.pth')
+    (tmp_path / 'random.pth').write_bytes(bytes(range(256)) * 4)
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    (tmp_path / 'torn.pth').write_bytes((tmp_path / 'zip.pth').read_bytes()[:500])
+    for name, needle in (('random', 'is not a PyTorch checkpoint'), ('empty', 'is an empty file'),
+                         ('torn', 'cannot be read as a weights-only checkpoint: PytorchStreamReader')):
+        with pytest.raises(CheckpointError, match=needle) as error:
+            read_checkpoint_file(tmp_path / f'{name}.pth', mmap=True)
+        assert 'mmap' not in str(error.value) and f'{name}.pth' in str(error.value)
+    fresh = demo_model('teacher', False, 1)
+    load_checkpoint(fresh, tmp_path / 'legacy.pth', mmap=True)
+    assert_same_state(fresh, model)

@@ -1,3 +1,4 @@
+import argparse
 import glob
 import os
 import subprocess
@@ -5,7 +6,8 @@ import sys
 
 import pytest
 
-from config import REPO_ROOT, ConfigError, config_to_text, load_config, parse_overrides
+from config import (REPO_ROOT, ConfigError, add_config_args, config_from_args, config_to_text, load_config,
+                    parse_overrides)
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, 'config', '*.py')))
 RUN_CONFIGS = [p for p in CONFIGS if os.path.basename(p) not in ('__init__.py', '__main__.py', 'base.py')]
@@ -91,3 +93,19 @@ def test_print_command_shows_resolved_config_and_clean_errors():
     bad = subprocess.run([sys.executable, '-m', 'config', 'config/demo.py', '--opts', 'lr=-1'],
                          cwd=REPO_ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "'lr'" in bad.stderr and 'Traceback' not in bad.stderr
+
+
+@pytest.mark.parametrize('body, line, error', [
+    ("config.lr = 1e-4 +\n", 3, 'SyntaxError: invalid syntax'),
+    ("\nconfig.lr = learning_rate\n", 4, "NameError: name 'learning_rate' is not defined"),
+])
+def test_a_config_file_with_an_error_is_one_line_naming_file_and_line(tmp_path, capsys, body, line, error):
+    path = _write(tmp_path, body)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"config file '{path}', line {line}: {error}"
+    parser = add_config_args(argparse.ArgumentParser(prog='train.py'))
+    with pytest.raises(SystemExit) as stop:
+        config_from_args(parser.parse_args(['--config', path]), parser)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"train.py: error: config file '{path}', line {line}: {error}\n"

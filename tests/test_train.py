@@ -1,10 +1,13 @@
 """The training engine: schedule, parameter groups, checkpoints, resume, logging, the official flags,
 and multi-process training under torchrun."""
 import copy
+import errno
 import json
 import math
 import os
 import random
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,11 +21,11 @@ from config import REPO_ROOT, load_config
 from engine.rng import resumable_rng_state, rng_state, set_rng_state
 from engine.run_dir import atomic_save, find_resume_checkpoint
 from engine.run_dir import read_training_checkpoint as read_checkpoint
-from engine.optim import build_optimizer, build_scheduler, load_optimizer_state
+from engine.optim import build_optimizer, build_scheduler, load_optimizer_state, warmup_poly_factor
 from models.builder import build_model
 from models.weight_layouts import to_official_state_dict
 from tools.synthetic_rooms import make_synthetic_dataset
-from helpers import DEMO_CONFIG, free_port, read_metrics, read_scalars, tiny_opts
+from helpers import DEMO_CONFIG, free_port, locked_by_another_process, read_metrics, read_scalars, tiny_opts
 
 
 @pytest.fixture(scope='module')
@@ -62,6 +65,29 @@ def test_warmup_then_poly_schedule_matches_the_formula():
     assert seen[20] == pytest.approx(6e-5 * 0.8 ** 0.9)
     assert seen[60] == pytest.approx(6e-5 * 0.4 ** 0.9)
     assert seen[99] == pytest.approx(6e-5 * 0.01 ** 0.9)
+
+
+def test_a_rebuilt_schedule_stands_where_the_configs_schedule_stands_after_the_epochs_done():
+    def lrs(cfg, epochs_done, steps, saved=None):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        if saved is not None:
+            load_optimizer_state(optimizer, saved)
+        scheduler = build_scheduler(optimizer, cfg, epochs_done)
+        seen = []
+        for _ in range(steps):
+            seen.append(optimizer.param_groups[0]['lr'])
+            optimizer.step()
+            scheduler.step()
+        return seen, optimizer.state_dict()
+
+    cfg = load_config(DEMO_CONFIG, ['lr=6e-5', 'nepochs=3', 'niters_per_epoch=10', 'warm_up_epoch=1'])
+    full, saved = lrs(cfg, 0, 30)
+    assert lrs(cfg, 2, 10)[0] == full[20:]   # a resume continues the schedule exactly
+    # A resume after batch 4 -> 8 (half the iterations per epoch), nepochs 3 -> 5 and lr 6e-5 -> 1e-4, from a
+    # checkpoint whose optimizer state holds the old lr: every later step gets the new schedule's lr, none 0.
+    longer = load_config(DEMO_CONFIG, ['lr=1e-4', 'nepochs=5', 'niters_per_epoch=5', 'warm_up_epoch=1'])
+    resumed, _ = lrs(longer, 3, 10, saved=saved)
+    assert resumed == lrs(longer, 0, 25)[0][15:] and min(resumed) > 0
 
 
 def test_no_weight_decay_on_norms_and_biases():
@@ -150,9 +176,9 @@ def teacher_run_checkpoint(folder, teacher):
     return teacher  # a training checkpoint, but of the RGB-only teacher
 
 
-@pytest.mark.parametrize('make_bad, needle', [(torn_file, 'cannot be read'),
+@pytest.mark.parametrize('make_bad, needle', [(torn_file, 'is not a PyTorch checkpoint'),
                                               (weights_only_file, 'not a training checkpoint'),
-                                              (teacher_run_checkpoint, 'does not fit this config')])
+                                              (teacher_run_checkpoint, 'resume it with --mode teacher')])
 def test_bad_resume_checkpoint_is_reported_before_work(dataset, teacher_checkpoint, tmp_path, make_bad, needle):
     bad = make_bad(tmp_path, teacher_checkpoint)
     proc = subprocess.run([sys.executable, 'train.py', '--config', DEMO_CONFIG, '--device', 'cpu',
@@ -258,7 +284,7 @@ def test_missing_inputs_are_reported_before_work(dataset, tmp_path, flags, opts,
                           cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert needle in proc.stderr and 'Traceback' not in proc.stderr
-    assert not os.path.exists(os.path.join(log_dir, 'student', 'last.pth'))
+    assert not os.path.exists(log_dir)   # a refused run leaves no (empty) run directory behind
 
 
 DRIVER = '''
@@ -326,15 +352,165 @@ def test_encoders_start_from_the_configured_imagenet_weights(dataset, tmp_path):
             assert torch.equal(exported[f'backbone.extra_{key}'], value), key
 
 
-def test_resume_with_conflicting_settings_is_refused(dataset, teacher_checkpoint, tmp_path):
-    log_dir = str(tmp_path / 'run')
-    argv = ['--config', DEMO_CONFIG, '--teacher', teacher_checkpoint, '--device', 'cpu']
-    run_main(argv + ['--opts', *tiny_opts(dataset, log_dir, nepochs=1)])
-    proc = subprocess.run([sys.executable, 'train.py', *argv, '--resume', 'auto', '--distillation_beta', '0',
-                           '--opts', *tiny_opts(dataset, log_dir, nepochs=2)],
-                          cwd=REPO_ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert 'the feature term' in proc.stderr and 'Traceback' not in proc.stderr
+def test_resume_applies_allowed_changes_and_refuses_others(dataset, tmp_path, capsys):
+    run_dir = os.path.join(str(tmp_path), 'student')
+    argv = ['--config', DEMO_CONFIG, '--device', 'cpu', '--distillation_alpha', '0', '--distillation_beta', '0']
+
+    def opts(**changes):
+        return ['--opts', *tiny_opts(dataset, str(tmp_path), teacher_checkpoint=None, **changes)]
+    run_main(argv + opts(nepochs=1))
+    config_text = open(os.path.join(run_dir, 'config.py')).read()
+    lr = load_config(DEMO_CONFIG).lr
+    # Another lr and batch size: refused before any work, each key named with both values.
+    with pytest.raises(SystemExit) as stop:
+        run_main(argv + ['--resume', 'auto'] + opts(nepochs=2, lr=lr / 10, batch_size=4))
+    [err] = error_lines(capsys.readouterr().err)
+    assert stop.value.code == 2
+    assert f'batch_size 2 -> 4, lr {lr!r} -> {lr / 10!r}' in err and '--allow-config-change' in err
+    assert open(os.path.join(run_dir, 'config.py')).read() == config_text
+    # Allowed: nepochs 1 -> 2 rebuilds the schedule for 2 epochs; --allow-config-change applies the new lr.
+    run_main(argv + ['--resume', 'auto', '--allow-config-change'] + opts(nepochs=2, lr=lr / 10))
+    saved = load_config(os.path.join(run_dir, 'config.py'))
+    assert (saved.lr, saved.nepochs) == (lr / 10, 2)   # config.py says what the run used
+    lrs = dict(read_scalars(os.path.join(run_dir, 'tb'))['train/lr'])
+    for step in (2, 3):   # epoch 2 of a 2-epoch schedule of 2 iterations each, 1 epoch of warm-up
+        assert lrs[step] == pytest.approx(lr / 10 * warmup_poly_factor(step, 4, 2, saved.lr_power), rel=1e-6)
+    log = open(os.path.join(run_dir, 'train.log')).read()
+    assert 'resuming with changed settings: nepochs 1 -> 2' in log
+    assert f'resuming with changed settings (--allow-config-change): lr {lr!r} -> {lr / 10!r}' in log
+    assert [r['epoch'] for r in read_metrics(run_dir)] == [1, 2]
+
+
+def error_lines(err):
+    """The error messages on stderr (besides them it holds progress bars only); there must be no
+    traceback."""
+    assert 'Traceback' not in err, err[-3000:]
+    return re.findall(r'[\w.]+: error: [^\r\n]*', err)
+
+
+def test_a_second_run_in_the_same_run_directory_is_refused(dataset, tmp_path, capsys):
+    run_dir = str(tmp_path / 'teacher')
+    holder, release = locked_by_another_process(run_dir)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run_main(['--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher',
+                      '--opts', *tiny_opts(dataset, str(tmp_path))])
+        assert os.listdir(run_dir) == ['run.lock']   # nothing of the refused run
+    finally:
+        release.set()
+        holder.join(60)
+    [line] = error_lines(capsys.readouterr().err)
+    assert stop.value.code == 2
+    assert f"run directory '{run_dir}' is in use by another run (pid {holder.pid} on host" in line
+
+
+@pytest.mark.parametrize('log_dir', ['/proc/primkd-log', 'a file'])
+def test_an_impossible_log_dir_is_one_line(dataset, tmp_path, capsys, log_dir):
+    if log_dir == 'a file':
+        (tmp_path / 'file').write_text('')
+        log_dir = str(tmp_path / 'file' / 'log')
+    with pytest.raises(SystemExit) as stop:
+        run_main(['--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher',
+                  '--opts', *tiny_opts(dataset, log_dir)])
+    [err] = error_lines(capsys.readouterr().err)
+    assert stop.value.code == 2
+    assert f"cannot write in run directory '{os.path.join(log_dir, 'teacher')}' (config key log_dir)" in err
+
+
+def test_a_full_disk_during_a_save_ends_in_one_line_keeping_the_checkpoint(dataset, tmp_path, capsys, monkeypatch):
+    run_dir = str(tmp_path / 'teacher')
+    argv = ['--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher']
+    run_main(argv + ['--opts', *tiny_opts(dataset, str(tmp_path), nepochs=1)])
+    before = open(os.path.join(run_dir, 'last.pth'), 'rb').read()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b'the first bytes')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(SystemExit) as stop:
+        run_main(argv + ['--resume', 'auto', '--opts', *tiny_opts(dataset, str(tmp_path), nepochs=2)])
+    [err] = error_lines(capsys.readouterr().err)
+    assert stop.value.code == 1
+    assert (f"epoch 2: cannot write checkpoint '{os.path.join(run_dir, 'last.pth')}': No space left on device; "
+            f"the last good checkpoint is") in err and '(epoch 1' in err
+    assert open(os.path.join(run_dir, 'last.pth'), 'rb').read() == before
+    # What a save killed outright leaves is removed at the next start (here one refused by a check).
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                          text=True).stdout.strip()
+    open(os.path.join(run_dir, f'.last.pth.tmp-{dead}'), 'wb').close()
+    with pytest.raises(SystemExit):
+        run_main(argv + ['--resume', 'auto', '--opts', *tiny_opts(dataset, str(tmp_path), nepochs=2, seed=1)])
+    assert f'.last.pth.tmp-{dead}' not in os.listdir(run_dir)
+
+
+def test_a_file_unreadable_during_training_ends_in_one_line(dataset, tmp_path, capsys, monkeypatch):
+    data = str(tmp_path / 'data')
+    shutil.copytree(dataset, data)
+    real = train.train_one_epoch
+
+    def breaking_the_images(*args, **kwargs):
+        if args[7] == 2:   # epoch 2: every RGB image becomes unreadable
+            for name in os.listdir(os.path.join(data, 'RGB')):
+                open(os.path.join(data, 'RGB', name), 'wb').write(b'not an image')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, 'train_one_epoch', breaking_the_images)
+    with pytest.raises(SystemExit) as stop:   # a loader worker meets it and passes it on
+        run_main(['--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher',
+                  '--opts', *tiny_opts(data, str(tmp_path), nepochs=2, num_workers=1)])
+    [err] = error_lines(capsys.readouterr().err)
+    assert stop.value.code == 1
+    assert f": error: epoch 2: '{os.path.join(data, 'RGB')}" in err and 'cannot be read' in err
+    assert f"the last good checkpoint is '{tmp_path / 'teacher'}" in err and '(epoch 1' in err
+
+
+STOPPING_DRIVER = '''
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+import train
+real = train.train_one_epoch
+def stopped(*args, **kwargs):
+    if os.environ['RANK'] == '1':
+        os.kill(os.getpid(), signal.SIGSTOP)   # stopped, not dead: its connections stay open
+    return real(*args, **kwargs)
+train.train_one_epoch = stopped
+parser = train.get_args_parser()
+train.main(parser.parse_args(sys.argv[1:]), parser)
+'''
+
+
+def test_a_stopped_process_ends_the_run_in_bounded_time(dataset, tmp_path):
+    driver = tmp_path / 'driver.py'
+    driver.write_text(STOPPING_DRIVER.format(repo=REPO_ROOT))
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1',
+           'MASTER_PORT': str(free_port())}
+    argv = [sys.executable, str(driver), '--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher',
+            '--opts', *tiny_opts(dataset, str(tmp_path), batch_size=4, dist_timeout_minutes=0.25)]
+    processes = [subprocess.Popen(argv, env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)}, cwd=REPO_ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        _, err = processes[0].communicate(timeout=300)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert processes[0].returncode == 1, err[-3000:]
+    [err] = error_lines(err)
+    assert 'epoch 1: no answer from another process within dist_timeout_minutes=0.25' in err
+    assert 'no checkpoint has been written' in err
+
+
+def test_a_torchrun_restart_resumes_and_an_epoch_run_again_replaces_its_metrics(dataset, tmp_path, monkeypatch):
+    run_dir = str(tmp_path / 'teacher')
+    argv = ['--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher',
+            '--opts', *tiny_opts(dataset, str(tmp_path), nepochs=2)]
+    run_main(['--stop-after-epoch', '1'] + argv)
+    with open(os.path.join(run_dir, 'metrics.jsonl'), 'a') as f:   # epoch 2 recorded, then killed while saving
+        f.write(json.dumps({'epoch': 2, 'loss': -1.0}) + '\n')
+    monkeypatch.setenv('TORCHELASTIC_RESTART_COUNT', '1')
+    run_main(argv)   # no --resume, as the restarted command line has none
+    records = read_metrics(run_dir)
+    assert [r['epoch'] for r in records] == [1, 2] and records[1]['loss'] > 0
+    assert 'torchrun restart 1: resuming from the newest checkpoint' in open(os.path.join(run_dir, 'train.log')).read()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')

@@ -214,7 +214,9 @@ def expect_usage_error(capsys, argv, *fragments):
 
 @pytest.mark.parametrize('case', ['missing file', 'missing epoch', 'teacher as student',
                                   'other backbone', 'other class count', 'bad one of two',
-                                  'missing dataset', 'scale too small', 'unwritable json'])
+                                  'missing dataset', 'scale too small', 'unwritable json',
+                                  'random bytes', 'empty file', 'json under /proc', 'save_path under /proc',
+                                  'existing json', 'save_path with predictions'])
 def test_bad_input_stops_before_the_first_image(case, dataset_root, checkpoints, tmp_path, capsys):
     paths, _, _, _ = checkpoints
     extra_opts, checkpoint, fragments = {}, paths['student'], []
@@ -223,7 +225,8 @@ def test_bad_input_stops_before_the_first_image(case, dataset_root, checkpoints,
     elif case == 'missing epoch':
         checkpoint, fragments = '7', ['epoch-7.pth', str(tmp_path / 'log' / 'student')]
     elif case == 'teacher as student':
-        checkpoint, fragments = paths['teacher'], ['teacher.pth', 'is a teacher', 'model is a student']
+        checkpoint = paths['teacher']
+        fragments = ['teacher.pth', 'is a teacher', 'model is a student', 'use it with --mode teacher']
     elif case == 'other backbone':
         extra_opts, fragments = {'backbone': 'mit_b1'}, ['mit_b0', 'mit_b1', 'backbone']
     elif case == 'other class count':
@@ -233,19 +236,64 @@ def test_bad_input_stops_before_the_first_image(case, dataset_root, checkpoints,
         checkpoint, fragments = f'{paths["student"]},{paths["teacher"]}', ['teacher.pth']
     elif case == 'missing dataset':
         extra_opts, fragments = {'dataset_path': str(tmp_path / 'nodata')}, ['nodata', 'does not exist']
-    json_flag = []
+    elif case in ('random bytes', 'empty file'):   # not zip archives: never torch's advice about mmap
+        checkpoint = str(tmp_path / 'bad.pth')
+        (tmp_path / 'bad.pth').write_bytes(b'\x00junk' * 100 if case == 'random bytes' else b'')
+        fragments = ['bad.pth', 'is not a PyTorch checkpoint' if case == 'random bytes' else 'is an empty file']
+    out = tmp_path / 'out'
+    json_flag, save_path = [], str(out)
     if case == 'unwritable json':   # a folder inside a file
         (tmp_path / 'file').write_text('')
         json_flag, fragments = ['--json', str(tmp_path / 'file' / 'e.json')], ['e.json', 'cannot create its folder']
+    elif case == 'json under /proc':   # os.access says yes to root there
+        json_flag, fragments = ['--json', '/proc/e.json'], ["cannot write '/proc/e.json'", 'in its folder']
+    elif case == 'save_path under /proc':
+        save_path, fragments = '/proc/primkd-out', ['/proc/primkd-out', 'cannot create its folder']
+    elif case == 'existing json':
+        (tmp_path / 'e.json').write_text('{}')
+        json_flag, fragments = ['--json', str(tmp_path / 'e.json')], ['e.json', 'exists', '--overwrite']
+    elif case == 'save_path with predictions':
+        (out / 'pred').mkdir(parents=True)
+        (out / 'pred' / '0000.png').write_bytes(b'')
+        fragments = ['already holds predictions', '--overwrite']
     scales = []
     if case == 'scale too small':   # the encoder's stride 32 needs 32 pixels
         scales, fragments = ['--scales', '1', '0.2'], ['--scales', 'at least 32 pixels']
-    out = tmp_path / 'out'
-    err = expect_usage_error(capsys, ['--config', DEMO, '-e', checkpoint, '--save_path', str(out), *scales, *json_flag,
-                                      *opts(dataset_root, log_dir=str(tmp_path / 'log'),
-                                            **extra_opts)], ': error: ', *fragments)
-    assert len(err.strip().splitlines()) == 1
-    assert not out.exists()   # no image was evaluated
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))
+    err = expect_usage_error(capsys, ['--config', DEMO, '-e', checkpoint, '--save_path', save_path, *scales,
+                                      *json_flag, *opts(dataset_root, log_dir=str(tmp_path / 'log'), **extra_opts)],
+                             ': error: ', *fragments)
+    assert len(err.strip().splitlines()) == 1 and 'mmap' not in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')) == before   # nothing was written
+
+
+def test_a_repeated_evaluation_never_replaces_a_result(dataset_root, checkpoints, tmp_path, capsys):
+    paths, _, _, _ = checkpoints
+    checkpoint = tmp_path / 'run' / 'best.pth'
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(open(paths['student'], 'rb').read())
+    argv = ['--config', DEMO, '-e', str(checkpoint), '--whole', *opts(dataset_root)]
+    run_val(argv)
+    first = (tmp_path / 'run' / 'eval_best.json').read_text()
+    run_val(argv + ['--scales', '0.75'])   # another setting: a result of its own
+    assert f"figures: {tmp_path / 'run' / 'eval_best-2.json'}" in capsys.readouterr().out
+    assert (tmp_path / 'run' / 'eval_best.json').read_text() == first
+    assert read_json(tmp_path / 'run' / 'eval_best-2.json')['scales'] == [0.75]
+    run_val(argv + ['--scales', '0.75', '--overwrite'])   # asked for: replaced
+    assert read_json(tmp_path / 'run' / 'eval_best.json')['scales'] == [0.75]
+    assert sorted(os.listdir(tmp_path / 'run')) == ['best.pth', 'eval_best-2.json', 'eval_best.json', 'val.log']
+
+
+def test_checkpoints_of_one_name_get_results_of_their_own(tmp_path):
+    for run in ('a', 'b'):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / 'best.pth').write_bytes(b'')
+    (tmp_path / 'a' / 'eval_best.json').write_text('{}')
+    checkpoints = [str(tmp_path / 'a' / 'best.pth'), str(tmp_path / 'b' / 'best.pth')]
+    outputs = val.output_paths(checkpoints, None, str(tmp_path / 'a'))
+    assert [os.path.basename(j) for j, _ in outputs.values()] == ['eval_best-2.json', 'eval_best-3.json']
+    with pytest.raises(ValueError, match='would write the same'):
+        val.output_paths(checkpoints, str(tmp_path / 'pred'), None, overwrite=True)
 
 
 def test_command_line_error_has_no_traceback(tmp_path):

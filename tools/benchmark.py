@@ -274,6 +274,7 @@ def run_variant(cfg, spec, args, variant, device, batch, flops, peak_tflops):
         train_model = torch.compile(model) if variant.compile else model
         with tempfile.TemporaryDirectory() as run_dir:
             logger = RunLogger(run_dir, enabled=True)  # the per-step TensorBoard scalars, as in training
+            logger.open_files()
             def run_steps(steps):
                 timed = TimedBatches(batch, steps, device)
                 train_one_epoch(train_model, teacher, timed, optimizer, scheduler, scaler, cfg, 1,

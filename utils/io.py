@@ -1,6 +1,19 @@
-"""Writing files so that an interrupted process never leaves a torn one."""
+"""Writing files so that an interrupted process never leaves a torn one, and checking before any
+work that they can be written."""
 import json
 import os
+import re
+
+# `.NAME.KIND-PID`: the temporary files of atomic_write ('tmp'), of engine/run_dir.link_or_copy
+# ('link') and of check_output_folder ('probe'). The pid tells a dead writer's leftovers (removed
+# at the next start of a run, engine/run_dir.py) from a live writer's.
+TEMPORARY_NAME = re.compile(r'\..+\.(?:tmp|link|probe)-(?P<pid>\d+)')
+
+
+def temporary_path(path: str, kind: str = 'tmp') -> str:
+    """The temporary name of `path` (in its folder) for this process."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f'.{name}.{kind}-{os.getpid()}')
 
 
 def atomic_write(path: str, content, durable: bool = True) -> None:
@@ -9,7 +22,7 @@ def atomic_write(path: str, content, durable: bool = True) -> None:
     file or the new one, never a part. `durable` also fsyncs file and folder, so the rename
     survives a power cut (checkpoints); per-image outputs skip that cost."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
+    tmp = temporary_path(path)
     try:
         with open(tmp, 'wb') as f:
             if callable(content):
@@ -31,17 +44,29 @@ def atomic_write(path: str, content, durable: bool = True) -> None:
             os.close(dir_fd)
 
 
-def check_output_file(path: str) -> None:
-    """Makes sure a file can be written at `path` before the work that produces it starts: creates
-    its folder; raises OSError naming the problem if that fails, the path is a folder, or the folder
-    is not writable."""
-    folder = os.path.dirname(os.path.abspath(path))
+def check_output_folder(folder: str) -> None:
+    """Makes sure files can be written in `folder` before the work that produces them starts:
+    creates it and then a probe file in it, removed at once. Asking os.access is not enough: root
+    passes it everywhere, and it knows nothing of read-only or virtual file systems (/proc).
+    Raises OSError saying what failed."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise OSError(f'cannot create its folder: {e}') from e
-    if os.path.isdir(path) or not os.access(folder, os.W_OK):
-        raise OSError('not a writable file path')
+    probe = temporary_path(os.path.join(folder, 'write-check'), 'probe')
+    try:
+        with open(probe, 'wb'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"cannot write in its folder '{folder}': {e.strerror or e}") from e
+
+
+def check_output_file(path: str) -> None:
+    """check_output_folder for the folder of `path`; OSError also if `path` is a folder."""
+    if os.path.isdir(path):
+        raise OSError('it is a folder, not a file path')
+    check_output_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def write_json(path: str, value, indent: int = 2) -> None:
