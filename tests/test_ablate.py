@@ -116,7 +116,8 @@ def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rer
         assert open(os.path.join(first, name), 'rb').read() == content, name
     # The student learnt from the teacher cell of its seed: its last checkpoint.
     teacher = os.path.join(first, 'teacher', 'last.pth')
-    assert f'teacher {teacher} (mit_b0, rgb);' in open(os.path.join(out, 'primkd', 'seed1', 'student', 'train.log')).read()
+    log = open(os.path.join(out, 'primkd', 'seed1', 'student', 'train.log')).read()
+    assert f'teacher {teacher} (mit_b0, rgb);' in log
     with open(os.path.join(out, ablate.RESULTS_FILE)) as f:
         results = json.load(f)
     assert list(results['variants']) == ['rgb_teacher', 'cmx', 'primkd']
