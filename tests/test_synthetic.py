@@ -203,6 +203,14 @@ def test_depth_noise_and_hole_rate_change_only_the_depth():
     assert (noisy.depth == 0).mean() > (clean.depth == 0).mean() + 0.05
 
 
+def test_strong_depth_noise_gives_holes_not_negative_depth():
+    # At 40 % relative noise about one pixel in 160 would fall below 0; a sensor reports no depth there.
+    clean = make_scene(0, 3, style=SceneStyle(depth_noise=0.0, hole_rate=0.0))
+    noisy = make_scene(0, 3, style=SceneStyle(depth_noise=0.4, hole_rate=0.0))
+    assert (noisy.depth >= 0).all() and np.isfinite(noisy.hha).all()
+    assert (noisy.depth == 0).sum() > (clean.depth == 0).sum()
+
+
 def test_bad_style_is_one_clear_error():
     with pytest.raises(ValueError, match="crate cue must be one of .* got 'depth'"):
         SceneStyle(crate_cue='depth')

@@ -484,7 +484,8 @@ def render(scene, rng):
 
     depth = depth.reshape(height, width)
     measured = depth * (1 + scene.style.depth_noise * rng.normal(size=depth.shape))
-    measured[sensor_holes(depth, rng, scene.style.hole_rate)] = 0
+    # A sensor returns nothing rather than a negative depth (strong noise can push it below 0).
+    measured[sensor_holes(depth, rng, scene.style.hole_rate) | (measured <= 0)] = 0
     return (rgb, measured.astype(np.float32), labels.reshape(height, width),
             instances.reshape(height, width).astype(np.int32))
 
