@@ -1,6 +1,7 @@
 """tools/export.py on the demo student and teacher (small inputs): the files run in onnxruntime (read
 here directly) give torch's logits, the tool's own check passes and fails when it should, and
 tools/infer.py --onnx predicts what the checkpoint predicts."""
+import functools
 import json
 import os
 import shutil
@@ -25,13 +26,9 @@ HEIGHT, WIDTH = 48, 64
 NUM_TEST = 2
 
 
-def opts(dataset_root, **changes):
-    """test_val's tiny model settings, for this module's dataset."""
-    return val_opts(dataset_root, num_eval_imgs=NUM_TEST, **changes)
-
-
-def config(dataset_root, **changes):
-    return val_config(dataset_root, num_eval_imgs=NUM_TEST, **changes)
+# test_val's tiny model settings, for this module's dataset.
+opts = functools.partial(val_opts, num_eval_imgs=NUM_TEST)
+config = functools.partial(val_config, num_eval_imgs=NUM_TEST)
 
 
 @pytest.fixture(scope='module')

@@ -2,6 +2,7 @@
 same label PNGs as val.py --save_path (student and teacher, sliding windows, two scales, flip); the
 HHA it makes from the real NYU frame against the MATLAB output; its other outputs against the label
 PNGs; bad input stopped with one line before any output is written."""
+import functools
 import json
 import os
 import subprocess
@@ -30,13 +31,9 @@ NUM_TEST = 3
 PREDICTION = ['--sliding', '--scales', '0.75', '1', '--flip']
 
 
-def opts(dataset_root, **changes):
-    """test_val's tiny model settings, for this module's dataset."""
-    return val_opts(dataset_root, num_eval_imgs=NUM_TEST, **changes)
-
-
-def config(dataset_root, **changes):
-    return val_config(dataset_root, num_eval_imgs=NUM_TEST, **changes)
+# test_val's tiny model settings, for this module's dataset.
+opts = functools.partial(val_opts, num_eval_imgs=NUM_TEST)
+config = functools.partial(val_config, num_eval_imgs=NUM_TEST)
 
 
 @pytest.fixture(scope='module')

@@ -52,7 +52,6 @@ import tempfile
 import time
 from typing import NamedTuple, Optional
 
-import timm
 import torch
 
 from config import ConfigError, add_config_args, config_from_args
@@ -68,9 +67,10 @@ from engine.optim import build_optimizer, build_scheduler
 from engine.rng import seed_everything
 from engine.run_spec import RunSpec
 from engine.trainer import train_one_epoch
-from utils.benchmarking import PeakMemory, device_info, provenance, summary_ms, synchronize, timed_runs
+from utils.benchmarking import (PeakMemory, device_info, library_versions, provenance, save_report, summary_ms,
+                                synchronize, timed_runs)
 from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops
-from utils.io import check_output_file, write_json
+from utils.io import check_output_file
 from utils.modules import unwrap_model
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -443,17 +443,13 @@ def main(argv=None):
     report = {
         **provenance('tools/benchmark.py', argv),
         'device': device_info(device),
-        'versions': {'torch': torch.__version__,
-                     'timm': timm.__version__, 'cuda': torch.version.cuda,
-                     'cudnn': torch.backends.cudnn.version() if device.type == 'cuda' else None},
+        'versions': library_versions(device),
         'config': args.config, 'mode': args.mode, 'backbone': cfg.backbone, 'batch': batch_size,
         'size': list(size), 'steps': args.steps, 'warmup': args.warmup, 'flops': flops,
         'peak_tflops': peaks, 'memory': PeakMemory(device).kind, 'variants': results,
         'loader': loader, 'seconds': time.perf_counter() - started,
     }
-    if args.json:
-        write_json(args.json, report)
-        print(f'\nwrote {args.json}')
+    save_report(args.json, report)
     return report
 
 

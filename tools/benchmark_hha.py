@@ -17,9 +17,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from config import REPO_ROOT  # noqa: E402
-from utils.benchmarking import cpu_info, provenance, summary_ms, timed_runs  # noqa: E402
+from utils.benchmarking import cpu_info, provenance, save_report, summary_ms, timed_runs  # noqa: E402
 from utils.hha import NYU_CAMERA, depth_to_hha  # noqa: E402
-from utils.io import check_output_file, write_json  # noqa: E402
+from utils.io import check_output_file  # noqa: E402
 
 FIXTURE_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'fixtures', 'nyu_hha')
 
@@ -86,9 +86,7 @@ def main(argv=None):
     for name, value in rows:
         print(f'{name:<{width}}  {value}')
 
-    if args.json:
-        write_json(args.json, result)
-        print(f'written to {args.json}')
+    save_report(args.json, result)
 
 
 if __name__ == '__main__':

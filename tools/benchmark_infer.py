@@ -15,12 +15,10 @@ onnxruntime file is exported once per backbone (tools/export.py's exporter, the 
 the device cannot run is an error in its row.
 """
 import argparse
-import importlib.metadata
 import os
 import tempfile
 import time
 
-import timm
 import torch
 
 from config import add_config_args, config_from_args
@@ -30,8 +28,8 @@ from engine.evaluator import predict_probabilities
 from engine.inference import ONNX_PACKAGES, InferenceError, OnnxNetwork, export_onnx, require_onnx_packages
 from engine.run_spec import RunSpec
 from models.encoders.mit import LAST_STAGE_STRIDE, MIT_SIZES
-from utils.benchmarking import device_info, provenance, summary_ms, timed_runs
-from utils.io import check_output_file, write_json
+from utils.benchmarking import device_info, library_versions, provenance, save_report, summary_ms, timed_runs
+from utils.io import check_output_file
 
 VARIANTS = ('torch fp32', 'torch bf16', 'onnxruntime')
 REFERENCE = 'torch fp32'
@@ -152,16 +150,13 @@ def main(argv=None):
     report = {
         **provenance('tools/benchmark_infer.py', argv),
         'device': device_info(device), 'onnxruntime_device': device_info(torch.device('cpu')),
-        'versions': {'torch': torch.__version__, 'timm': timm.__version__, 'cuda': torch.version.cuda,
-                     **{name: importlib.metadata.version(name) for name in ONNX_PACKAGES}},
+        'versions': library_versions(device, *ONNX_PACKAGES),
         'config': args.config, 'mode': args.mode, 'size': list(args.size), 'eval_mode': cfg.eval_mode,
         'crop_size': cfg.eval_crop_size, 'decoder_embed_dim': cfg.decoder_embed_dim,
         'warmup': args.warmup, 'repeats': args.repeats, 'results': rows,
         'seconds': time.perf_counter() - started,
     }
-    if args.json:
-        write_json(args.json, report)
-        print(f'\nwrote {args.json}')
+    save_report(args.json, report)
     return report
 
 

@@ -1,6 +1,7 @@
 """What every benchmark tool of the project shares: timing, peak memory, and the device, versions and
 date that make a figure reproducible."""
 import ctypes
+import importlib.metadata
 import datetime
 import gc
 import os
@@ -9,7 +10,10 @@ import statistics
 import sys
 import time
 
+import timm
 import torch
+
+from utils.io import write_json
 
 
 def synchronize(device: torch.device) -> None:
@@ -125,3 +129,18 @@ def provenance(tool: str, argv=None) -> dict:
     arguments = sys.argv[1:] if argv is None else list(argv)
     return {'tool': tool, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
             'command': ' '.join(['python', tool, *arguments]), 'python': platform.python_version()}
+
+
+def library_versions(device: torch.device, *packages: str) -> dict:
+    """The versions a figure depends on: torch, timm and CUDA (cuDNN on a GPU), then `packages`."""
+    versions = {'torch': torch.__version__, 'timm': timm.__version__, 'cuda': torch.version.cuda}
+    if device.type == 'cuda':
+        versions['cudnn'] = torch.backends.cudnn.version()
+    return {**versions, **{name: importlib.metadata.version(name) for name in packages}}
+
+
+def save_report(path, report: dict) -> None:
+    """Writes a benchmark's figures to `path`, when one is given, and says so."""
+    if path:
+        write_json(path, report)
+        print(f'\nwrote {path}')
