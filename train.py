@@ -103,7 +103,9 @@ def describe_run(cfg, spec, dist_info, loader, amp, run_dir) -> str:
     if spec.teacher:
         text += (f'\nteacher {RunSpec.teacher_checkpoint(cfg)} ({teacher_backbone(cfg)}, {cfg.teacher_modality}); '
                  f'alpha {cfg.distillation_alpha} '
-                 f'(KL {"on" if kl_term_on(cfg) else "off"}, flag {cfg.distillation_flag}), '
+                 f'(KL {"on" if kl_term_on(cfg) else "off"}, flag {cfg.distillation_flag}'
+                 + (f', only where the teacher is >= {cfg.distillation_kl_confidence:g} sure'
+                    if cfg.distillation_kl_confidence else '') + '), '
                  f'beta {cfg.distillation_beta} ({cfg.mask_single}, {cfg.select} of {cfg.losses})')
     return text
 

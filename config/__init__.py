@@ -72,6 +72,7 @@ CHECKS = {
     'bn_momentum': (_unit, 'a number in [0, 1]'),
     'distillation_alpha': (_non_negative, 'a number >= 0'),
     'distillation_beta': (_non_negative, 'a number >= 0'),
+    'distillation_kl_confidence': (lambda v: 0 <= v < 1, 'a number in [0, 1)'),
     'lambda_mask': (_unit, 'a number in [0, 1]'),
     'eval_stride_rate': (lambda v: 0 < v <= 1, 'a number in (0, 1]'),
     'eval_step': (_positive, 'a positive integer'),

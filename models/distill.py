@@ -3,13 +3,15 @@
 The model only produces `reconstructions` from the heads; the losses are computed here:
 
     kl   = alpha * mean over pixels of KL(teacher || student) over classes   (distillation_flag 1;
-           KL(student || teacher) for flag 0), on the input-size logits, ignored pixels included
+           KL(student || teacher) for flag 0), on the input-size logits, ignored pixels included;
+           with distillation_kl_confidence c > 0 (not in the paper) a pixel whose teacher's top class
+           probability is below c adds 0 (the mean still divides by every pixel)
     feat = beta * select_k MSE(reconstruction_k, teacher_features[k - 1])   for the heads' stages
 
 `select` 'max' keeps the largest per-stage MSE (PrimKD's dynamic choice), 'min' the smallest,
 anything else no feature term. The cross-entropy is the trainer's.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -99,12 +101,22 @@ class ReconstructHeads(nn.ModuleDict):
         return {name: head(features[stage_index(name)]) for name, head in self.items()}
 
 
-def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, keep: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
     """KL(p || q) over the class dimension 1, averaged over every other position (in float32, as
-    low-precision logits lose the small probabilities)."""
+    low-precision logits lose the small probabilities). Positions where the boolean `keep` is False
+    add 0 to the mean."""
     log_p = F.log_softmax(p_logits.float(), dim=1)
     log_q = F.log_softmax(q_logits.float(), dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return (kl if keep is None else kl * keep).mean()
+
+
+def confident_pixels(teacher_logits: torch.Tensor, threshold: float) -> Optional[torch.Tensor]:
+    """Where the teacher's top class probability reaches `threshold`; None (every pixel) for 0."""
+    if threshold == 0:
+        return None
+    return F.softmax(teacher_logits.float(), dim=1).amax(dim=1) >= threshold
 
 
 def _target(tensor: torch.Tensor) -> torch.Tensor:
@@ -131,10 +143,11 @@ def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor
     losses = {}
 
     if kl_term_on(cfg):
+        keep = confident_pixels(teacher_logits, cfg.distillation_kl_confidence)
         if cfg.distillation_flag == 1:
-            kl = kl_divergence(teacher_logits, student_logits)
+            kl = kl_divergence(teacher_logits, student_logits, keep)
         else:
-            kl = kl_divergence(student_logits, teacher_logits)
+            kl = kl_divergence(student_logits, teacher_logits, keep)
         losses['kl'] = cfg.distillation_alpha * kl
     else:
         losses['kl'] = torch.zeros((), device=device)

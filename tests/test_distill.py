@@ -13,7 +13,7 @@ from models.distill import HintHead, MaskedHintHead, ReconstructHeads, distillat
 
 def loss_config(**changes):
     cfg = EasyDict(distillation_alpha=1.0, distillation_beta=0.1, distillation_flag=1,
-                   distillation_single=1, select='max')
+                   distillation_single=1, distillation_kl_confidence=0.0, select='max')
     cfg.update(changes)
     return cfg
 
@@ -47,6 +47,16 @@ def test_kl_both_directions(flag, expected):
     losses['kl'].backward()
     assert student.grad.abs().sum() > 0
     assert teacher.grad is None
+
+
+def test_kl_only_where_the_teacher_is_confident():
+    # Teacher top probabilities: 3/4 at pixel 1, 1/2 at pixel 2. At 0.7 only pixel 1 counts, and the
+    # mean still divides by both pixels; at 0.5 both count, as without the threshold.
+    per_pixel = [sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(pt, ps)) for pt, ps in zip(P_T, P_S)]
+    for threshold, expected in ((0.7, per_pixel[0] / 2), (0.5, kl_by_hand(P_T, P_S)), (0.8, 0.0)):
+        losses = distillation_losses(output(STUDENT), output(TEACHER),
+                                     loss_config(distillation_kl_confidence=threshold))
+        assert losses['kl'].item() == pytest.approx(expected, rel=1e-6, abs=1e-12)
 
 
 def test_kl_off():

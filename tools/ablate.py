@@ -15,6 +15,8 @@ variant whose same-seed cell is its teacher. Built in:
     mask_hint        primkd with --mask_single mask_hint
     rgbx_teacher     student with teacher_modality=rgbx, teacher cmx
     wide_teacher     student with teacher_backbone=mit_b1, teacher rgb_teacher_b1
+    kl_confident     primkd with distillation_kl_confidence=0.9 (not in the paper: KL only where the
+                     teacher's top class probability is at least 0.9)
 
 --variants-file FILE adds variants: a JSON file holding, or a Python file defining VARIANTS as, a dict
 name -> {"mode": "teacher" | "student" (default student), "flags": [train.py flags], "opts":
@@ -98,6 +100,7 @@ BUILT_IN_VARIANTS = {
     'mask_hint': Variant(flags=('--mask_single', 'mask_hint'), teacher=RGB_TEACHER),
     'rgbx_teacher': Variant(opts=('teacher_modality=rgbx',), teacher='cmx'),
     'wide_teacher': Variant(opts=('teacher_backbone=mit_b1',), teacher='rgb_teacher_b1'),
+    'kl_confident': Variant(opts=('distillation_kl_confidence=0.9',), teacher=RGB_TEACHER),
 }
 
 
