@@ -16,12 +16,15 @@ pixel loops). Objects: boxes and crates, posters and panels, balls, and unlabele
 Colour: class-dependent albedo and textures, Lambertian shading by one directional light plus
 ambient, exposure and pixel noise. Depth: the camera-frame z of the hit, with sensor-like noise
 (a standard deviation of `depth_noise` times the depth) and holes (random blobs covering up to
-`hole_rate` of the image, the far side of depth edges, beyond 9.5 m); holes are 0 in
+`hole_rate` of the image, the far side of depth edges, beyond 9.5 m, and where the noise would make
+the depth negative); holes are 0 in
 Depth/NAME.png (uint16 millimetres). HHA is computed as tools/prepare_nyu.py does for NYU: from
 the depth with its holes in-painted.
 
 PRESETS names two styles: 'depth_decisive' (the demo's rooms: posters and panels differ only in
-depth) and 'nyu_like' (RGB is the primary modality, as on NYU Depth V2).
+depth) and 'nyu_like' (RGB is the primary modality, as on NYU Depth V2: panels differ in both
+cues, and the depth is poor enough that the RGB-only model's mIoU nears NYU's share of the RGB-D
+model's).
 
 Classes (labels 1..8, in the order of config/demo.py): wall, floor, ceiling, box, crate, poster,
 panel, ball; 0 = unlabeled. Scene i is a function of (seed, i, style) alone; names are the
