@@ -218,6 +218,17 @@ def test_bad_input_is_one_line_before_any_output(case, dataset_root, checkpoints
     assert not out.exists()
 
 
+def test_out_in_a_missing_folder_is_one_line(dataset_root, checkpoints, tmp_path, capsys):
+    make_inputs(tmp_path, PAIRED)
+    out = tmp_path / 'missing' / 'out'
+    with pytest.raises(SystemExit):
+        infer.main(['-c', infer_config(), '-e', checkpoints['student'], '--rgb', str(tmp_path / 'rgb'), '--depth',
+                    str(tmp_path / 'depth'), *camera_flags(), '--whole', '--out', str(out), *opts(dataset_root)])
+    message = capsys.readouterr().err
+    assert message.count('\n') == 1 and f"its folder {tmp_path / 'missing'} does not exist" in message, message
+    assert not (tmp_path / 'missing').exists()
+
+
 def test_existing_outputs_are_kept_unless_overwrite(dataset_root, checkpoints, tmp_path, capsys):
     make_inputs(tmp_path, PAIRED)
     out = tmp_path / 'out'

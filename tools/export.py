@@ -29,6 +29,7 @@ from dataloader.transforms import EvalTransform
 from engine.inference import (MIN_DYNAMIC_EXAMPLE_SIDE, ONNX_OPSET, InferenceError, OnnxNetwork, checkpoint_model,
                               export_onnx, logit_agreement, require_onnx_packages)
 from models.encoders.mit import LAST_STAGE_STRIDE
+from utils.io import check_output_file
 
 MIN_AGREEMENT = 0.999
 # The second size a --dynamic export is checked at: sides that are not multiples of the stride.
@@ -73,8 +74,12 @@ def check_args(args, cfg):
     if os.path.exists(args.out) and not args.overwrite:
         raise InferenceError(f'--out {args.out}: exists; pass --overwrite to replace it')
     folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise InferenceError(f'--out {args.out}: its folder {folder} does not exist or is not writable')
+    if not os.path.isdir(folder):
+        raise InferenceError(f'--out {args.out}: its folder {folder} does not exist')
+    try:
+        check_output_file(args.out)  # writes a probe file: os.access passes root on a read-only disk
+    except OSError as e:
+        raise InferenceError(f'--out {args.out}: {e}') from None
     return height, width
 
 

@@ -47,7 +47,7 @@ from models.encoders.mit import LAST_STAGE_STRIDE
 from tools.depth2hha import Camera, check_camera_fits, check_png_header
 from utils import conversion
 from utils.hha import CAMERA_PRESETS, inpainted_hha
-from utils.io import write_json
+from utils.io import check_output_folder, write_json
 from utils.visualize import (colorize, depth_colormap, hstack_panels, legend, overlay,
                              to_label_png)
 
@@ -325,8 +325,12 @@ def check_outputs(args, samples):
         raise InputError(f'--out {args.out} already holds {len(existing)} of the outputs ({listing(existing)}); '
                          f'pass --overwrite to replace them, or choose another folder')
     parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(args.out) and not os.access(parent, os.W_OK):
-        raise InputError(f'--out {args.out}: cannot create it in {parent}')
+    if not os.path.isdir(parent):
+        raise InputError(f'--out {args.out}: its folder {parent} does not exist')
+    try:
+        check_output_folder(args.out)  # the last check: creates --out and writes a probe file in it
+    except OSError as e:
+        raise InputError(f'--out {args.out}: {e}') from None
 
 
 def write_rgb(path, image):
