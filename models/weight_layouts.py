@@ -188,8 +188,7 @@ def _check_fits(model_contents: CheckpointContents, contents: CheckpointContents
                    f"{model_contents.size_name()}; set the config's backbone to match the "
                    f"checkpoint" + (f" (--opts backbone={contents.backbone})" if contents.backbone
                                     else ''))
-        if contents.size_name().startswith('mit_b0') and model_contents.size_name().startswith(
-                'mit_b1'):
+        if contents.backbone == 'mit_b0' and model_contents.backbone == 'mit_b1':
             message += " (the official CMX/PrimKD code builds 'mit_b1' as B0: use mit_b0)"
         raise CheckpointError(message)
     if contents.num_classes is not None and contents.num_classes != model_contents.num_classes:

@@ -135,6 +135,10 @@ def test_backbone_size_and_class_count_are_named():
         load_checkpoint(b4, {'model': to_official_state_dict(b2)})
     message = str(error.value)
     assert 'mit_b2 (depths 3-4-6-3' in message and 'mit_b4 (depths 3-8-27-3' in message
+    assert '--opts backbone=mit_b2' in message and 'builds' not in message
+    # The official code calls its B0 'mit_b1': a B0 checkpoint given to a B1 model says so.
+    with pytest.raises(CheckpointError, match=r"--opts backbone=mit_b0\) \(the official CMX/PrimKD code builds"):
+        load_checkpoint(demo_model('teacher', False, 0, 'backbone=mit_b1'), demo_model('teacher').state_dict())
 
     trained = demo_model('teacher', False, 0, 'num_classes=5', "class_names=['a','b','c','d','e']")
     with pytest.raises(CheckpointError, match=r'predicts 5 classes .* num_classes=8'):
