@@ -30,7 +30,7 @@ from engine.run_spec import RunSpec
 from engine.trainer import (NonFiniteLossError, load_start_weights, original_message, prepare_model,
                             restore_training_state, train_one_epoch, validate, wrap_for_training)
 from models.builder import teacher_backbone
-from models.distill import kl_term_on
+from models.distill import describe_logit_loss, kl_term_on
 from models.weight_layouts import CheckpointError
 
 # Official flags -> config keys. Their defaults live in the config (the paper's command line).
@@ -102,10 +102,8 @@ def describe_run(cfg, spec, dist_info, loader, amp, run_dir) -> str:
             f'amp {amp}, run directory {run_dir}')
     if spec.teacher:
         text += (f'\nteacher {RunSpec.teacher_checkpoint(cfg)} ({teacher_backbone(cfg)}, {cfg.teacher_modality}); '
-                 f'alpha {cfg.distillation_alpha} '
-                 f'(KL {"on" if kl_term_on(cfg) else "off"}, flag {cfg.distillation_flag}'
-                 + (f', only where the teacher is >= {cfg.distillation_kl_confidence:g} sure'
-                    if cfg.distillation_kl_confidence else '') + '), '
+                 f'alpha {cfg.distillation_alpha} (logit term {"on" if kl_term_on(cfg) else "off"}: '
+                 f'{describe_logit_loss(cfg)}), '
                  f'beta {cfg.distillation_beta} ({cfg.mask_single}, {cfg.select} of {cfg.losses})')
     return text
 

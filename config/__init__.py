@@ -14,7 +14,7 @@ import traceback
 
 from easydict import EasyDict
 
-from models.distill import STAGE_LOSSES
+from models.distill import LOGIT_LOSSES, STAGE_LOSSES
 from models.encoders.mit import MIT_SIZES
 from tools.synthetic_rooms import PRESETS as SYNTHETIC_PRESETS
 from utils.io import atomic_write
@@ -73,6 +73,8 @@ CHECKS = {
     'distillation_alpha': (_non_negative, 'a number >= 0'),
     'distillation_beta': (_non_negative, 'a number >= 0'),
     'distillation_kl_confidence': (lambda v: 0 <= v < 1, 'a number in [0, 1)'),
+    'distillation_logit_loss': _one_of(*LOGIT_LOSSES),
+    'distillation_tau': (_positive, 'a positive number'),
     'lambda_mask': (_unit, 'a number in [0, 1]'),
     'eval_stride_rate': (lambda v: 0 < v <= 1, 'a number in (0, 1]'),
     'eval_step': (_positive, 'a positive integer'),
@@ -143,6 +145,12 @@ def validate(cfg, source='config'):
             predicate, what = CHECKS[key]
             if not predicate(value):
                 raise ConfigError(f"config key '{key}' ({source}): expected {what}, got {value!r}")
+    if cfg.distillation_logit_loss == 'kl' and cfg.distillation_tau is not None:
+        raise ConfigError(f"config key 'distillation_tau' ({source}): the 'kl' logit loss is the paper's, "
+                          f"at temperature 1; set distillation_logit_loss kd for a temperature")
+    if cfg.distillation_logit_loss != 'kl' and cfg.distillation_kl_confidence:
+        raise ConfigError(f"config key 'distillation_kl_confidence' ({source}): applies to the 'kl' logit "
+                          f"loss only, not {cfg.distillation_logit_loss!r}")
     if len(cfg.class_names) != cfg.num_classes:
         raise ConfigError(f"config key 'class_names' ({source}): {len(cfg.class_names)} names "
                           f"for num_classes={cfg.num_classes}")

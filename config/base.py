@@ -25,6 +25,7 @@ NULLABLE = {
     'teacher_backbone': str,      # None: the student's backbone
     'log_dir': str,               # None: log/<dataset_name>_<backbone>
     'synthetic_preset': str,      # None: a real dataset, nothing is generated
+    'distillation_tau': float,    # None: the logit loss's default temperature
 }
 
 # Keys holding paths; relative ones are resolved against the repository root on load.
@@ -89,7 +90,10 @@ def base_config() -> EasyDict:
     C.teacher_bn_eps = 1e-5
 
     # Distillation (the official command line's values)
-    C.distillation_alpha = 1.0       # weight of the KL term
+    C.distillation_alpha = 1.0       # weight of the logit term (the KL term of the paper)
+    # The logit term: 'kl' (the paper's) | 'kd' | 'cwd' | 'dist' (models/distill.py, LOGIT_LOSSES)
+    C.distillation_logit_loss = 'kl'
+    C.distillation_tau = None        # kd/cwd/dist temperature; None: the loss's paper default
     C.distillation_beta = 0.1        # weight of the selected feature term
     C.distillation_flag = 1          # 1: KL(teacher || student), 0: KL(student || teacher)
     # Not in the paper, off by default: > 0 keeps the KL term only on pixels where the teacher's top

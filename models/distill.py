@@ -1,16 +1,32 @@
 """PrimKD distillation: the student's reconstruct heads and the two distillation loss terms.
 
-The model only produces `reconstructions` from the heads; the losses are computed here:
+The model only produces `reconstructions` from the heads; the losses are computed here, on the
+input-size logits, every pixel (ignored ones included) counting:
 
-    kl   = alpha * mean over pixels of KL(teacher || student) over classes   (distillation_flag 1;
-           KL(student || teacher) for flag 0), on the input-size logits, ignored pixels included;
-           with distillation_kl_confidence c > 0 (not in the paper) a pixel whose teacher's top class
-           probability is below c adds 0 (the mean still divides by every pixel)
+    kl   = alpha * logit_loss(student logits, teacher logits)
     feat = beta * select_k MSE(reconstruction_k, teacher_features[k - 1])   for the heads' stages
+
+`distillation_logit_loss` chooses the logit term (LOGIT_LOSSES; tau = distillation_tau, or the
+loss's default temperature when that is None):
+
+    kl    PrimKD's (the default): mean over pixels of KL(teacher || student) over classes
+          (distillation_flag 1; KL(student || teacher) for flag 0); with distillation_kl_confidence
+          c > 0 (not in the paper) a pixel whose teacher's top class probability is below c adds 0
+          (the mean still divides by every pixel)
+    kd    Hinton et al. 2015: tau^2 * the same KL between the softmaxes at temperature tau
+          (the flag chooses the direction as for kl)
+    cwd   channel-wise distillation (Shu et al., ICCV 2021): for each image and class channel, the
+          softmax over the pixels at temperature tau; tau^2 * KL(teacher || student) of those
+          spatial distributions, averaged over images and channels
+    dist  DIST (Huang et al., NeurIPS 2022): with y = softmax(logits / tau) over classes,
+          tau^2 * (inter + intra), inter = 1 - mean over pixels of the Pearson correlation of the
+          student's and teacher's class vectors, intra = 1 - mean over classes of the Pearson
+          correlation of their per-class maps over all pixels of the batch
 
 `select` 'max' keeps the largest per-stage MSE (PrimKD's dynamic choice), 'min' the smallest,
 anything else no feature term. The cross-entropy is the trainer's.
 """
+import dataclasses
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -21,6 +37,30 @@ from .decoders.mlp import init_conv_kaiming
 
 # The feature term's stage names, as the official --losses flag spells them: lossK is stage K.
 STAGE_LOSSES = ('loss1', 'loss2', 'loss3', 'loss4')
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitLoss:
+    """A logit distillation loss and the settings its paper uses for semantic segmentation."""
+    tau: float           # default temperature
+    weight: float        # the paper's loss weight (distillation_alpha in an ablation variant)
+    source: str
+
+
+LOGIT_LOSSES = {
+    'kl': LogitLoss(1.0, 1.0, 'PrimKD (Hao et al., ACM MM 2024)'),
+    # Hinton et al. give no single temperature; 4 is the one CWD uses for logits.
+    'kd': LogitLoss(4.0, 1.0, 'Hinton et al. 2015, tau^2-scaled'),
+    'cwd': LogitLoss(4.0, 3.0, 'Shu et al., ICCV 2021 (logits: tau 4, weight 3)'),
+    'dist': LogitLoss(1.0, 1.0, 'Huang et al., NeurIPS 2022 (segmentation: tau 1, beta = gamma = 1)'),
+}
+
+
+def logit_temperature(cfg) -> float:
+    """distillation_tau, or the chosen logit loss's default temperature when it is None."""
+    if cfg.distillation_tau is not None:
+        return cfg.distillation_tau
+    return LOGIT_LOSSES[cfg.distillation_logit_loss].tau
 
 
 def kl_term_on(cfg) -> bool:
@@ -112,6 +152,74 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, keep: Optional
     return (kl if keep is None else kl * keep).mean()
 
 
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float, flag: int = 1
+            ) -> torch.Tensor:
+    """Hinton's KD per pixel: tau^2 * KL between the class softmaxes at temperature tau (flag 1:
+    KL(teacher || student)); the tau^2 keeps the gradient's scale independent of tau."""
+    student, teacher = student_logits.float() / tau, teacher_logits.float() / tau
+    pair = (teacher, student) if flag == 1 else (student, teacher)
+    return tau ** 2 * kl_divergence(*pair)
+
+
+def cwd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Channel-wise distillation: each (image, channel) map as a distribution over its pixels."""
+    batch, channels = student_logits.shape[:2]
+    student = student_logits.float().reshape(batch * channels, -1, 1) / tau
+    teacher = teacher_logits.float().reshape(batch * channels, -1, 1) / tau
+    # kl_divergence reduces over dim 1 (here the pixels) and averages over the (image, channel) rows
+    return tau ** 2 * kl_divergence(teacher, student)
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of `a` with the same row of `b`."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float,
+              inter_weight: float = 1.0, intra_weight: float = 1.0) -> torch.Tensor:
+    """DIST: the inter-class (per pixel, over classes) and intra-class (per class, over all pixels)
+    relations of the class probabilities, matched by Pearson correlation."""
+    classes = student_logits.shape[1]
+    student = F.softmax(student_logits.float() / tau, dim=1).movedim(1, -1).reshape(-1, classes)
+    teacher = F.softmax(teacher_logits.float() / tau, dim=1).movedim(1, -1).reshape(-1, classes)
+    inter = 1 - _pearson_rows(student, teacher).mean()
+    intra = 1 - _pearson_rows(student.T, teacher.T).mean()
+    return tau ** 2 * (inter_weight * inter + intra_weight * intra)
+
+
+def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, cfg) -> torch.Tensor:
+    """The configured logit distillation loss, unweighted (see the module's docstring)."""
+    name, tau = cfg.distillation_logit_loss, logit_temperature(cfg)
+    if name == 'kl':
+        keep = confident_pixels(teacher_logits, cfg.distillation_kl_confidence)
+        if cfg.distillation_flag == 1:
+            return kl_divergence(teacher_logits, student_logits, keep)
+        return kl_divergence(student_logits, teacher_logits, keep)
+    if name == 'kd':
+        return kd_loss(student_logits, teacher_logits, tau, cfg.distillation_flag)
+    if name == 'cwd':
+        return cwd_loss(student_logits, teacher_logits, tau)
+    return dist_loss(student_logits, teacher_logits, tau)
+
+
+def describe_logit_loss(cfg) -> str:
+    """The logit term as train.log names it."""
+    name = cfg.distillation_logit_loss
+    if name == 'kl':
+        text = f'KL, flag {cfg.distillation_flag}'
+        if cfg.distillation_kl_confidence:
+            text += f', only where the teacher is >= {cfg.distillation_kl_confidence:g} sure'
+        return text
+    text = f'{name}, tau {logit_temperature(cfg):g}'
+    if name == 'kd':
+        text += f', flag {cfg.distillation_flag}'
+    if name == 'dist':
+        text += ', inter 1, intra 1'
+    return text + f'; {LOGIT_LOSSES[name].source}'
+
+
 def confident_pixels(teacher_logits: torch.Tensor, threshold: float) -> Optional[torch.Tensor]:
     """Where the teacher's top class probability reaches `threshold`; None (every pixel) for 0."""
     if threshold == 0:
@@ -129,7 +237,7 @@ def _target(tensor: torch.Tensor) -> torch.Tensor:
 def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor]:
     """The distillation terms from the student's and teacher's SegOutput.
 
-    Returns scalar tensors: 'kl' (times distillation_alpha), 'feat' (beta times the selected stage
+    Returns scalar tensors: 'kl' (the logit term, whichever loss, times distillation_alpha), 'feat' (beta times the selected stage
     MSE), 'feat_loss1'.. (raw per-stage MSE, detached, for logging) and 'feat_stage' (the selected
     stage's 0-based feature index, -1 when none). The teacher side never receives gradients.
     """
@@ -143,12 +251,7 @@ def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor
     losses = {}
 
     if kl_term_on(cfg):
-        keep = confident_pixels(teacher_logits, cfg.distillation_kl_confidence)
-        if cfg.distillation_flag == 1:
-            kl = kl_divergence(teacher_logits, student_logits, keep)
-        else:
-            kl = kl_divergence(student_logits, teacher_logits, keep)
-        losses['kl'] = cfg.distillation_alpha * kl
+        losses['kl'] = cfg.distillation_alpha * logit_loss(student_logits, teacher_logits, cfg)
     else:
         losses['kl'] = torch.zeros((), device=device)
 

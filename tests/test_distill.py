@@ -1,8 +1,12 @@
-"""Distillation: KL and feature losses against hand computations, max/min selection and where the
+"""Distillation: KL, KD, CWD, DIST and feature losses against hand or independent (numpy/scipy)
+computations, max/min selection and where the
 gradient goes, the reconstruct heads and their random mask."""
 import math
 
+import numpy
 import pytest
+import scipy.special
+import scipy.stats
 import torch
 from easydict import EasyDict
 
@@ -13,7 +17,8 @@ from models.distill import HintHead, MaskedHintHead, ReconstructHeads, distillat
 
 def loss_config(**changes):
     cfg = EasyDict(distillation_alpha=1.0, distillation_beta=0.1, distillation_flag=1,
-                   distillation_single=1, distillation_kl_confidence=0.0, select='max')
+                   distillation_single=1, distillation_kl_confidence=0.0, select='max',
+                   distillation_logit_loss='kl', distillation_tau=None)
     cfg.update(changes)
     return cfg
 
@@ -57,6 +62,110 @@ def test_kl_only_where_the_teacher_is_confident():
         losses = distillation_losses(output(STUDENT), output(TEACHER),
                                      loss_config(distillation_kl_confidence=threshold))
         assert losses['kl'].item() == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+# Independent computations of the three standard distillers, in float64 numpy with explicit loops
+# over images, pixels and channels, from the papers' formulas.
+
+def random_logits(seed, shape=(2, 5, 3, 4)):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float64) * 3
+
+
+def kd_by_numpy(student, teacher, tau, flag):
+    s, t = student.numpy(), teacher.numpy()
+    total, pixels = 0.0, 0
+    for n in range(s.shape[0]):
+        for i in range(s.shape[2]):
+            for j in range(s.shape[3]):
+                p_t = scipy.special.softmax(t[n, :, i, j] / tau)
+                p_s = scipy.special.softmax(s[n, :, i, j] / tau)
+                p, q = (p_t, p_s) if flag == 1 else (p_s, p_t)
+                total += scipy.special.rel_entr(p, q).sum()
+                pixels += 1
+    return tau ** 2 * total / pixels
+
+
+def cwd_by_numpy(student, teacher, tau):
+    s, t = student.numpy(), teacher.numpy()
+    terms = []
+    for n in range(s.shape[0]):
+        for c in range(s.shape[1]):
+            p_t = scipy.special.softmax(t[n, c].ravel() / tau)
+            p_s = scipy.special.softmax(s[n, c].ravel() / tau)
+            terms.append(scipy.special.rel_entr(p_t, p_s).sum())
+    return tau ** 2 * numpy.mean(terms)
+
+
+def dist_by_numpy(student, teacher, tau):
+    classes = student.shape[1]
+    y_s = scipy.special.softmax(student.numpy() / tau, axis=1).transpose(0, 2, 3, 1).reshape(-1, classes)
+    y_t = scipy.special.softmax(teacher.numpy() / tau, axis=1).transpose(0, 2, 3, 1).reshape(-1, classes)
+    inter = 1 - numpy.mean([scipy.stats.pearsonr(a, b).statistic for a, b in zip(y_s, y_t)])
+    intra = 1 - numpy.mean([scipy.stats.pearsonr(a, b).statistic for a, b in zip(y_s.T, y_t.T)])
+    return tau ** 2 * (inter + intra)
+
+
+@pytest.mark.parametrize('flag', [1, 0])
+@pytest.mark.parametrize('tau', [None, 2.0])
+def test_kd_against_numpy(flag, tau):
+    student, teacher = random_logits(1), random_logits(2)
+    cfg = loss_config(distillation_logit_loss='kd', distillation_tau=tau, distillation_flag=flag,
+                      distillation_alpha=0.5)
+    losses = distillation_losses(output(student.float()), output(teacher.float()), cfg)
+    expected = kd_by_numpy(student, teacher, 4.0 if tau is None else tau, flag)
+    assert losses['kl'].item() == pytest.approx(0.5 * expected, rel=1e-5)
+
+
+def test_kd_at_temperature_one_is_the_papers_kl():
+    student, teacher = random_logits(3).float(), random_logits(4).float()
+    kd = distillation_losses(output(student), output(teacher),
+                             loss_config(distillation_logit_loss='kd', distillation_tau=1.0))['kl']
+    kl = distillation_losses(output(student), output(teacher), loss_config())['kl']
+    assert kd.item() == pytest.approx(kl.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize('tau', [None, 1.0])
+def test_cwd_against_numpy(tau):
+    student, teacher = random_logits(5), random_logits(6)
+    cfg = loss_config(distillation_logit_loss='cwd', distillation_tau=tau, distillation_alpha=3.0)
+    losses = distillation_losses(output(student.float()), output(teacher.float()), cfg)
+    expected = cwd_by_numpy(student, teacher, 4.0 if tau is None else tau)
+    assert losses['kl'].item() == pytest.approx(3.0 * expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('tau', [None, 2.0])
+def test_dist_against_scipy_pearson(tau):
+    student, teacher = random_logits(7), random_logits(8)
+    cfg = loss_config(distillation_logit_loss='dist', distillation_tau=tau)
+    losses = distillation_losses(output(student.float()), output(teacher.float()), cfg)
+    expected = dist_by_numpy(student, teacher, 1.0 if tau is None else tau)
+    assert losses['kl'].item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize('name', ['kd', 'cwd', 'dist'])
+def test_standard_distillers_vanish_on_the_teacher_and_train_the_student(name):
+    teacher = random_logits(9).float()
+    cfg = loss_config(distillation_logit_loss=name)
+    same = distillation_losses(output(teacher.clone()), output(teacher), cfg)['kl']
+    assert abs(same.item()) < 1e-5
+    student = random_logits(10).float().requires_grad_()
+    loss = distillation_losses(output(student), output(teacher), cfg)['kl']
+    assert loss.item() > 1e-3
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+
+
+def test_logit_loss_settings_are_checked(tmp_path):
+    path = tmp_path / 'c.py'
+    path.write_text('from config.demo import demo_config\nconfig = demo_config()\n')
+    with pytest.raises(ValueError, match="distillation_logit_loss"):
+        load_config(str(path), {'distillation_logit_loss': 'fitnet'})
+    with pytest.raises(ValueError, match="distillation_tau.*'kl'"):
+        load_config(str(path), {'distillation_tau': 2.0})
+    with pytest.raises(ValueError, match="distillation_kl_confidence.*'cwd'"):
+        load_config(str(path), {'distillation_logit_loss': 'cwd', 'distillation_kl_confidence': 0.9})
+    assert load_config(str(path), {'distillation_logit_loss': 'dist', 'distillation_tau': 2}).distillation_tau == 2.0
 
 
 def test_kl_off():

@@ -215,6 +215,7 @@ def test_official_command_line_logs_every_term(dataset, teacher_checkpoint, tmp_
     assert 'val/miou' in scalars and any(t.startswith('val_iou/') for t in scalars)
     log = open(os.path.join(run_dir, 'train.log')).read()
     assert 'kl=' in log and 'feat=' in log and 'validation mIoU' in log
+    assert 'alpha 1.0 (logit term on: KL, flag 1), beta 0.1' in log
     # The one validation improved on nothing: best.pth is an exact copy of the epoch's checkpoint.
     with open(os.path.join(run_dir, 'best.pth'), 'rb') as best, open(os.path.join(run_dir, 'last.pth'), 'rb') as last:
         assert best.read() == last.read()
@@ -270,6 +271,24 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, teacher_checkp
     assert open(last, 'rb').read() == before
     log = open(os.path.join(log_dir, 'student', 'train.log')).read()
     assert 'non-finite loss at epoch 2, iteration 1' in log and 'kl=nan' in log
+
+
+@pytest.mark.parametrize('opts, named', [
+    ({'distillation_logit_loss': 'kd'}, 'alpha 3.0 (logit term on: kd, tau 4, flag 1; Hinton et al. 2015'),
+    ({'distillation_logit_loss': 'cwd', 'distillation_tau': 2.0}, 'alpha 3.0 (logit term on: cwd, tau 2; Shu et al.'),
+    ({'distillation_logit_loss': 'dist'}, 'alpha 3.0 (logit term on: dist, tau 1, inter 1, intra 1; Huang et al.'),
+])
+def test_train_log_names_the_logit_distiller(dataset, teacher_checkpoint, tmp_path, opts, named):
+    log_dir = str(tmp_path / 'run')
+    proc = subprocess.run([sys.executable, 'train.py', '--config', DEMO_CONFIG, '--teacher', teacher_checkpoint,
+                           '--distillation_alpha', '3', '--distillation_beta', '0',
+                           '--opts', *tiny_opts(dataset, log_dir, nepochs=1, **opts)],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = open(os.path.join(log_dir, 'student', 'train.log')).read()
+    assert named in log
+    kl = [float(v) for v in re.findall(r' kl=([0-9.]+)', log)]
+    assert kl and all(v > 0 for v in kl)
 
 
 @pytest.mark.parametrize('flags, opts, needle', [

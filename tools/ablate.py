@@ -17,6 +17,10 @@ variant whose same-seed cell is its teacher. Built in:
     wide_teacher     student with teacher_backbone=mit_b1, teacher rgb_teacher_b1
     kl_confident     primkd with distillation_kl_confidence=0.9 (not in the paper: KL only where the
                      teacher's top class probability is at least 0.9)
+    kd, cwd, dist    the standard logit distillers in place of PrimKD's KL, without the feature term
+                     (compare them with kl_only), each with its paper's weight and temperature
+                     (models/distill.py, LOGIT_LOSSES): KD (Hinton, tau 4), CWD (Shu, tau 4, weight 3),
+                     DIST (Huang, tau 1)
 
 --variants-file FILE adds variants: a JSON file holding, or a Python file defining VARIANTS as, a dict
 name -> {"mode": "teacher" | "student" (default student), "flags": [train.py flags], "opts":
@@ -69,7 +73,7 @@ import train
 from config import REPO_ROOT, ConfigError, add_config_args, load_config, parse_overrides
 from engine import run_dir as rd
 from tools.synthetic_rooms import ensure_synthetic_dataset
-from models.distill import feature_term_on, kl_term_on
+from models.distill import LOGIT_LOSSES, feature_term_on, kl_term_on
 from utils.io import atomic_write, write_json
 
 RGB_TEACHER = 'rgb_teacher'      # the variant --teacher PATH stands in for
@@ -101,6 +105,9 @@ BUILT_IN_VARIANTS = {
     'rgbx_teacher': Variant(opts=('teacher_modality=rgbx',), teacher='cmx'),
     'wide_teacher': Variant(opts=('teacher_backbone=mit_b1',), teacher='rgb_teacher_b1'),
     'kl_confident': Variant(opts=('distillation_kl_confidence=0.9',), teacher=RGB_TEACHER),
+    **{name: Variant(flags=('--distillation_alpha', f'{LOGIT_LOSSES[name].weight:g}', '--distillation_beta', '0'),
+                     opts=(f'distillation_logit_loss={name}',), teacher=RGB_TEACHER)
+       for name in ('kd', 'cwd', 'dist')},
 }
 
 
