@@ -155,14 +155,17 @@ def _save_prediction(save_path: str, name: str, pred, item: dict, cfg, with_inpu
 
 
 def evaluate(model, cfg, dist_info: DistInfo, dataset, *, mode=None, scales=None, flip=None,
-             save_path=None, amp='none', progress=True, side_by_side=False) -> dict:
+             save_path=None, amp='none', progress=True, side_by_side=False, per_image=False) -> dict:
     """Metrics of `model` on `dataset` (an RGBXDataset-like sequence of items; the model gets the
     items' 'extra' where they have one).
 
     mode / scales / flip default to cfg.eval_mode / eval_scale_array / eval_flip. The model may be in
     train mode, wrapped in DDP or compiled: it is evaluated in eval mode and its mode restored.
     Every process must call this. Returns segmentation_metrics(hist) plus 'hist' (CPU int64),
-    'num_images' (all processes) and 'seconds'."""
+    'num_images' (all processes) and 'seconds'; with `per_image` (one process only) also
+    'image_hists', one confusion matrix per image in dataset order, for resampling the test images."""
+    if per_image and dist_info.distributed:
+        raise ValueError('per-image confusion matrices are collected by one process only')
     mode = cfg.eval_mode if mode is None else mode
     scales = list(cfg.eval_scale_array if scales is None else scales)
     flip = cfg.eval_flip if flip is None else flip
@@ -175,9 +178,12 @@ def evaluate(model, cfg, dist_info: DistInfo, dataset, *, mode=None, scales=None
     network.eval()
 
     shard = Subset(dataset, range(dist_info.rank, len(dataset), dist_info.world_size))
+    # A generator of its own: every DataLoader iterator draws a base seed, which from the global
+    # generator would shift the training randomness of the epochs after a validation.
     loader = DataLoader(shard, batch_size=1, shuffle=False, num_workers=cfg.num_workers,
-                        pin_memory=device.type == 'cuda')
+                        pin_memory=device.type == 'cuda', generator=torch.Generator())
     hist = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.int64, device=device)
+    image_hists = []
     bar = tqdm(total=len(shard), unit='img', dynamic_ncols=True, leave=False,
                desc=f'eval (rank 0 of {dist_info.world_size})' if dist_info.distributed
                else 'eval', disable=not (progress and dist_info.is_main))
@@ -193,7 +199,10 @@ def evaluate(model, cfg, dist_info: DistInfo, dataset, *, mode=None, scales=None
                     crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate,
                     max_batch=cfg.eval_max_batch)
                 pred = probabilities.argmax(dim=1)
-                hist += confusion_matrix(pred, label, cfg.num_classes, cfg.background)
+                image_hist = confusion_matrix(pred, label, cfg.num_classes, cfg.background)
+                hist += image_hist
+                if per_image:
+                    image_hists.append(image_hist.cpu())
                 if save_path is not None:
                     _save_prediction(save_path, item['name'][0], pred[0], item, cfg, side_by_side)
                 bar.update()
@@ -203,4 +212,6 @@ def evaluate(model, cfg, dist_info: DistInfo, dataset, *, mode=None, scales=None
     hist = all_reduce_sum(hist)
     metrics = segmentation_metrics(hist)
     metrics.update(hist=hist.cpu(), num_images=len(dataset), seconds=time.perf_counter() - start)
+    if per_image:
+        metrics['image_hists'] = torch.stack(image_hists)
     return metrics

@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 
+import numpy
 import pytest
 
+from utils.statistics import paired_interval
+
 from config import REPO_ROOT
-from tools import ablate
+from engine import ablation as ablate
+from tools import ablate as ablate_tool
 from tools.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, tiny_opts
 
@@ -31,12 +35,12 @@ def grid_opts(dataset, **extra):
 def test_paired_interval_matches_a_hand_computation():
     # Differences 1, 2, 0, 6: mean 2.25, sd sqrt(20.75 / 3) = 2.62996, t(0.975, 3) = 3.18245 (tables),
     # half width 3.18245 * 2.62996 / 2 = 4.18484.
-    mean, low, high = ablate.paired_interval([70, 72, 71, 75], [69, 70, 71, 69])
+    mean, low, high = paired_interval([70, 72, 71, 75], [69, 70, 71, 69])
     assert mean == pytest.approx(2.25)
     assert low == pytest.approx(2.25 - 4.18484, abs=1e-4) and high == pytest.approx(2.25 + 4.18484, abs=1e-4)
     # Two pairs, differences 1 and 3: sd sqrt(2), t(0.975, 1) = 12.7062, half width 12.7062.
-    assert ablate.paired_interval([2, 5], [1, 2]) == pytest.approx((2, 2 - 12.7062, 2 + 12.7062), abs=1e-3)
-    assert ablate.paired_interval([3.5], [1.0]) == (2.5, None, None)
+    assert paired_interval([2, 5], [1, 2]) == pytest.approx((2, 2 - 12.7062, 2 + 12.7062), abs=1e-3)
+    assert paired_interval([3.5], [1.0]) == (2.5, None, None)
 
 
 def test_teachers_run_before_their_students():
@@ -64,7 +68,7 @@ def fake_cell(folder, variant, seed, miou, iou):
 def test_summary_pairs_seeds_and_skips_undefined_classes(tmp_path):
     cells = [fake_cell(tmp_path, 'cmx', 1, 0.60, [0.5, 0.7]), fake_cell(tmp_path, 'cmx', 2, 0.62, [0.6, None]),
              fake_cell(tmp_path, 'primkd', 1, 0.58, [0.4, 0.8]), fake_cell(tmp_path, 'primkd', 2, 0.65, [0.5, 0.9])]
-    summary, class_names = ablate.summarise(ablate.read_results(cells), cells, ['cmx', 'primkd'], 'cmx')
+    summary, class_names = ablate.summarise(ablate.read_results(cells), {}, cells, ['cmx', 'primkd'], 'cmx')
     assert class_names == ['a', 'b']
     primkd = summary['primkd']
     assert primkd['miou']['seeds'] == {'1': pytest.approx(58), '2': pytest.approx(65)}
@@ -75,6 +79,51 @@ def test_summary_pairs_seeds_and_skips_undefined_classes(tmp_path):
     # Class a: -10 and -10; class b: +10 (seed 2 has no cmx figure for it).
     assert primkd['class_iou_difference'] == {'a': pytest.approx(-10), 'b': pytest.approx(10)}
     assert 'difference' not in summary['cmx']
+
+
+def curve_cell(folder, variant, seed, mious, last_miou):
+    """A finished cell whose run directory holds a learning curve of test mIoUs (fractions)."""
+    cell = fake_cell(folder, variant, seed, last_miou, [last_miou, last_miou])
+    run = os.path.join(cell.folder, cell.mode)
+    os.makedirs(run)
+    with open(os.path.join(run, 'metrics.jsonl'), 'w') as f:
+        for epoch, miou in enumerate(mious, 1):
+            f.write(json.dumps({'epoch': epoch, 'loss': 1.0 / epoch, **({'miou': miou} if miou is not None else {})})
+                    + '\n')
+    return cell
+
+
+def test_last_and_best_on_test_are_reported_side_by_side(tmp_path):
+    cells = [curve_cell(tmp_path, 'cmx', 1, [0.5, 0.7, 0.6], 0.6), curve_cell(tmp_path, 'cmx', 2, [0.4, 0.5, 0.62], 0.62),
+             curve_cell(tmp_path, 'kd', 1, [0.3, 0.66, 0.64], 0.64), curve_cell(tmp_path, 'kd', 2, [0.6, None, 0.55], 0.55)]
+    curves = ablate.report.read_curves(cells)
+    summary, _ = ablate.summarise(ablate.read_results(cells), curves, cells, ['cmx', 'kd'], 'cmx')
+    cmx, kd = summary['cmx'], summary['kd']
+    assert cmx['best_miou']['seeds'] == {'1': pytest.approx(70), '2': pytest.approx(62)}
+    assert cmx['best_epoch'] == {'1': 2, '2': 3}
+    assert kd['best_miou']['seeds'] == {'1': pytest.approx(66), '2': pytest.approx(60)}
+    assert kd['best_minus_last']['mean'] == pytest.approx((2 + 5) / 2)
+    # last: kd - cmx = +4 and -7; best: -4 and -2 (another conclusion, both as measured).
+    assert kd['difference']['mean'] == pytest.approx(-1.5) and kd['difference_best']['mean'] == pytest.approx(-3)
+    table = ablate.report.markdown_tables(summary, ['a', 'b'], ['cmx', 'kd'], ablate.BUILT_IN_VARIANTS, 'cmx',
+                                          [1, 2], 'c.py')
+    assert '| kd | student | 59.5 ± 6.4 | 63.0 ± 4.2 | +3.5 | -1.5 [' in table
+    assert '| kd | 64.0 / 66.0 (2) | 55.0 / 60.0 (1) |' in table
+
+
+def test_schedule_rule_by_hand(tmp_path):
+    # Teacher seeds over 6 epochs; two thirds = epoch 4, each end the mean of 3 evaluated epochs.
+    a = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]   # at 4: (20+30+40)/3 = 30, at 6: 50
+    b = [0.1, 0.2, 0.3, 0.4, 0.5, 0.5]   # at 4: 30, at 6: (40+50+50)/3 = 46.67
+    cells = [curve_cell(tmp_path, 'rgb_teacher', 1, a, 0.6), curve_cell(tmp_path, 'rgb_teacher', 2, b, 0.5)]
+    curves = ablate.report.read_curves(cells)
+    summary, _ = ablate.summarise(ablate.read_results(cells), curves, cells, ['rgb_teacher'], 'rgb_teacher')
+    rule = ablate.report.schedule_evidence(curves, summary)
+    teacher = rule['rgb_teacher']
+    assert teacher['at_two_thirds'] == pytest.approx(30) and teacher['at_end'] == pytest.approx((50 + 140 / 3) / 2)
+    # gain 18.3 against a final sd of 7.07: still improving.
+    assert teacher['final_sd'] == pytest.approx(7.0711, abs=1e-3) and teacher['plateau'] is False
+    assert rule['cmx'] is None
 
 
 def run_grid(out, opts, *extra):
@@ -136,6 +185,31 @@ def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rer
     for row in ('| rgb_teacher | teacher |', '| cmx | student |', '| primkd | student |'):
         assert row in table
     assert '| cmx | student |' in table and '(reference)' in table
+    # Learning curves: every cell's epochs with its test mIoU, the last one the cell's result.
+    for cell in results['cells']:
+        assert [r['epoch'] for r in cell['curve']] == [1] and 'miou' in cell['curve'][0]
+        assert 100 * cell['curve'][-1]['miou'] == pytest.approx(results['variants'][cell['variant']]['miou']['mean'],
+                                                                abs=1e-6)
+    assert os.path.getsize(os.path.join(out, ablate.CURVES_FILE)) > 1000
+
+
+def test_bootstrap_over_the_test_images_of_a_finished_grid(killed_and_rerun):
+    out, opts, _, _, _ = killed_and_rerun
+    proc = subprocess.run(run_grid(out, opts, '--report-only', '--bootstrap'), cwd=REPO_ROOT, env=launch_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(out, ablate.RESULTS_FILE)) as f:
+        results = json.load(f)
+    for name in ('primkd', 'rgb_teacher'):
+        boot = results['variants'][name]['bootstrap']
+        assert boot['images'] == 4 and boot['seeds'] == 1 and boot['low'] <= boot['mean'] <= boot['high']
+        # The point estimate is the t interval's mean: the same last checkpoints, image by image.
+        assert boot['mean'] == pytest.approx(results['variants'][name]['difference']['mean'], abs=1e-6)
+    # The per-image matrices add up to val.py's confusion matrix of the same checkpoint.
+    hists = numpy.load(os.path.join(out, 'primkd', 'seed1', 'image_hists.npy'))
+    with open(os.path.join(out, 'primkd', 'seed1', ablate.CELL_RESULT)) as f:
+        assert hists.sum(axis=0).tolist() == json.load(f)['hist']
+    assert 'bootstrap' in open(os.path.join(out, ablate.TABLE_FILE)).read()
 
 
 def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
@@ -159,10 +233,10 @@ def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
     (['--opts', 'lr=-1'], "config key 'lr'"),
 ])
 def test_bad_input_is_one_line(dataset, tmp_path, capsys, args, needle):
-    parser = ablate.get_args_parser()
+    parser = ablate_tool.get_args_parser()
     argv = ['-c', DEMO_CONFIG, '--out', str(tmp_path / 'grid'), '--opts', *grid_opts(dataset)]
     with pytest.raises(SystemExit) as exit_info:
-        ablate.main(parser.parse_args(argv + args), parser)
+        ablate_tool.main(parser.parse_args(argv + args), parser)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and err.count('\n') == 1
@@ -171,11 +245,11 @@ def test_bad_input_is_one_line(dataset, tmp_path, capsys, args, needle):
 
 def test_a_missing_dataset_is_one_line(tmp_path, capsys):
     """A real dataset (no synthetic preset to generate it from) must exist before the first cell."""
-    parser = ablate.get_args_parser()
+    parser = ablate_tool.get_args_parser()
     argv = ['-c', DEMO_CONFIG, '--out', str(tmp_path / 'grid'), '--opts', 'synthetic_preset=None',
             f"dataset_path={str(tmp_path / 'absent')!r}"]
     with pytest.raises(SystemExit):
-        ablate.main(parser.parse_args(argv), parser)
+        ablate_tool.main(parser.parse_args(argv), parser)
     err = capsys.readouterr().err
     assert 'does not exist (config key dataset_path)' in err and 'Data preparation' in err
     assert not os.path.exists(tmp_path / 'grid')
@@ -195,11 +269,11 @@ def test_files_that_are_no_cell_are_never_reused(dataset, tmp_path, capsys):
     stray = tmp_path / 'grid' / 'cmx' / 'seed1'
     stray.mkdir(parents=True)
     (stray / 'notes.txt').write_text('not a cell')
-    parser = ablate.get_args_parser()
+    parser = ablate_tool.get_args_parser()
     argv = ['-c', DEMO_CONFIG, '--variants', 'cmx', '--seeds', '1', '--out', str(tmp_path / 'grid'),
             '--opts', *grid_opts(dataset)]
     with pytest.raises(SystemExit) as exit_info:
-        ablate.main(parser.parse_args(argv), parser)
+        ablate_tool.main(parser.parse_args(argv), parser)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"cell cmx seed 1: '{stray}' holds files but no cell.json" in err and err.count('\n') == 1

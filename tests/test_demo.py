@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from config import REPO_ROOT, load_config
-from tools import ablate, demo
+from engine import ablation as ablate
+from tools import demo
 from tools.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, tiny_opts
 

@@ -162,6 +162,20 @@ def test_resumed_run_equals_uninterrupted_run(dataset, teacher_checkpoint, tmp_p
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
+def test_evaluating_every_epoch_leaves_training_unchanged(dataset, teacher_checkpoint, tmp_path):
+    # Best-on-test selection evaluates every epoch; the last checkpoint must be the one a run that
+    # evaluates only at its end gives, bit for bit (evaluation draws no randomness, updates no buffer).
+    opts = ['--teacher', teacher_checkpoint, '--device', 'cpu']
+    every, once = str(tmp_path / 'every'), str(tmp_path / 'once')
+    run_main(['--config', DEMO_CONFIG, *opts, '--opts', *tiny_opts(dataset, every, eval_step=1)])
+    run_main(['--config', DEMO_CONFIG, *opts, '--opts', *tiny_opts(dataset, once, eval_step=100)])
+    a = read_checkpoint(os.path.join(every, 'student', 'last.pth'))['model']
+    b = read_checkpoint(os.path.join(once, 'student', 'last.pth'))['model']
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [('miou' in r) for r in read_metrics(os.path.join(every, 'student'))] == [True, True, True]
+    assert [('miou' in r) for r in read_metrics(os.path.join(once, 'student'))] == [False, False, True]
+
+
 def torn_file(folder, teacher):
     (folder / 'torn.pth').write_bytes(b'not a checkpoint')
     return str(folder / 'torn.pth')

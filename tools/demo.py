@@ -10,7 +10,7 @@ import argparse
 import time
 
 from config import add_config_args, config_from_args
-from tools import ablate
+from engine import ablation
 from tools.synthetic_rooms import ensure_synthetic_dataset
 
 # (variant, row name, input)
@@ -61,15 +61,15 @@ def main():
     opts = [o for o in args.opts if o.partition('=')[0].strip() not in ('log_dir', 'seed')]
     variants = [variant for variant, _, _ in ROWS]
     try:
-        order, cells = ablate.plan_grid(args.config, variants, [cfg.seed], cfg.log_dir, opts)
-        ablate.run_grid(cells)
-    except ablate.GridError as e:
+        order, cells = ablation.plan_grid(args.config, variants, [cfg.seed], cfg.log_dir, opts)
+        ablation.run_grid(cells)
+    except ablation.GridError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
-    except ablate.CellFailed as e:
+    except ablation.CellFailed as e:
         parser.exit(e.status, f'{parser.prog}: error: {e}\n')
-    ablate.write_report(cells, order, ablate.BUILT_IN_VARIANTS, 'cmx', cfg.log_dir,
-                        ablate.grid_record(args.config, opts, [cfg.seed], None, cfg.log_dir))
-    results = {variant: result for (variant, _), result in ablate.read_results(cells).items()}
+    ablation.write_report(cells, order, ablation.BUILT_IN_VARIANTS, 'cmx', cfg.log_dir,
+                          ablation.grid_record(args.config, opts, [cfg.seed], None, cfg.log_dir))
+    results = {variant: result for (variant, _), result in ablation.read_results(cells).items()}
     print('\n' + results_table(results, time.perf_counter() - start, cfg))
     print(f'(runs and figures in {cfg.log_dir})')
 

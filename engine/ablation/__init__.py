@@ -1,0 +1,12 @@
+"""The ablation grid: named variants x seeds, each cell a real train.sh + val.sh run, compared with
+a reference variant (tools/ablate.py is its command line, tools/demo.py a one-seed grid).
+
+variants  what a variant is, the built-in ones, a user's file of them, the order of a grid
+grid      the cells: commands, specs, reuse of recorded cells, running them
+report    the figures: last and best-on-test, paired differences, curves, the schedule rule
+bootstrap per-image confusion matrices of a cell, for the bootstrap over the test images
+"""
+from .grid import (CELL_RESULT, CELL_SPEC, Cell, CellFailed, check_cells, plan_cells, plan_grid, run_grid)
+from . import report
+from .report import RESULTS_FILE, TABLE_FILE, CURVES_FILE, grid_record, read_results, summarise, write_report
+from .variants import BUILT_IN_VARIANTS, RGB_TEACHER, GridError, Variant, grid_order, load_variants_file
