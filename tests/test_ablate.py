@@ -94,8 +94,10 @@ def curve_cell(folder, variant, seed, mious, last_miou):
 
 
 def test_last_and_best_on_test_are_reported_side_by_side(tmp_path):
-    cells = [curve_cell(tmp_path, 'cmx', 1, [0.5, 0.7, 0.6], 0.6), curve_cell(tmp_path, 'cmx', 2, [0.4, 0.5, 0.62], 0.62),
-             curve_cell(tmp_path, 'kd', 1, [0.3, 0.66, 0.64], 0.64), curve_cell(tmp_path, 'kd', 2, [0.6, None, 0.55], 0.55)]
+    cells = [curve_cell(tmp_path, 'cmx', 1, [0.5, 0.7, 0.6], 0.6),
+             curve_cell(tmp_path, 'cmx', 2, [0.4, 0.5, 0.62], 0.62),
+             curve_cell(tmp_path, 'kd', 1, [0.3, 0.66, 0.64], 0.64),
+             curve_cell(tmp_path, 'kd', 2, [0.6, None, 0.55], 0.55)]
     curves = ablate.report.read_curves(cells)
     summary, _ = ablate.summarise(ablate.read_results(cells), curves, cells, ['cmx', 'kd'], 'cmx')
     cmx, kd = summary['cmx'], summary['kd']

@@ -10,3 +10,8 @@ from .grid import (CELL_RESULT, CELL_SPEC, Cell, CellFailed, check_cells, plan_c
 from . import report
 from .report import RESULTS_FILE, TABLE_FILE, CURVES_FILE, grid_record, read_results, summarise, write_report
 from .variants import BUILT_IN_VARIANTS, RGB_TEACHER, GridError, Variant, grid_order, load_variants_file
+
+__all__ = ['CELL_RESULT', 'CELL_SPEC', 'Cell', 'CellFailed', 'check_cells', 'plan_cells', 'plan_grid', 'run_grid',
+           'report', 'RESULTS_FILE', 'TABLE_FILE', 'CURVES_FILE', 'grid_record', 'read_results', 'summarise',
+           'write_report', 'BUILT_IN_VARIANTS', 'RGB_TEACHER', 'GridError', 'Variant', 'grid_order',
+           'load_variants_file']

@@ -21,7 +21,7 @@ from utils.benchmarking import library_versions
 from utils.io import atomic_write, write_json
 from utils.statistics import paired_image_bootstrap, paired_interval, seed_statistics
 
-from .grid import CELL_RESULT, repo_path
+from .grid import repo_path
 
 RESULTS_FILE = 'results.json'
 TABLE_FILE = 'table.md'

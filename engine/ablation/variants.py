@@ -43,23 +43,7 @@ class GridError(ValueError):
     """Bad input to the grid, said in one line before any cell runs."""
 
 
-@dataclasses.dataclass
-class Cell:
-    variant: str
-    seed: int
-    folder: str             # the cell's log_dir
-    mode: str
-    train_command: list
-    val_command: list
-    spec: dict
-
-    @property
-    def name(self):
-        return f'{self.variant} seed {self.seed}'
-
-    @property
-    def result_path(self):
-        return os.path.join(self.folder, CELL_RESULT)
+# Variants
 
 def load_variants_file(path):
     """{name: Variant} from a JSON file or a Python file defining VARIANTS."""
