@@ -238,9 +238,8 @@ def distillation_losses(student_out, teacher_out, cfg) -> Dict[str, torch.Tensor
     """The distillation terms from the student's and teacher's SegOutput.
 
     Returns scalar tensors: 'kl' (the logit term, whichever loss, times distillation_alpha),
-    'feat' (beta times the selected stage
-    MSE), 'feat_loss1'.. (raw per-stage MSE, detached, for logging) and 'feat_stage' (the selected
-    stage's 0-based feature index, -1 when none). The teacher side never receives gradients.
+    'feat' (beta times the selected stage MSE), 'feat_loss1'.. (raw per-stage MSE, detached, for
+    logging) and 'feat_stage' (the selected stage's 0-based feature index, -1 when none). The teacher side never receives gradients.
     """
     student_logits = student_out.logits
     teacher_logits = _target(teacher_out.logits)
