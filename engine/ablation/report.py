@@ -240,7 +240,7 @@ def plot_curves(curves, order, path, title):
 def grid_record(config, opts, seeds, teacher_file, out):
     """What a grid was asked to run, for results.json."""
     return {'config': repo_path(config), 'opts': opts, 'seeds': seeds,
-            'teacher_file': teacher_file and os.path.abspath(teacher_file), 'out': out}
+            'teacher_file': teacher_file and repo_path(teacher_file), 'out': repo_path(out)}
 
 
 def add_bootstrap(summary, cells, order, reference, image_hists):
@@ -269,7 +269,7 @@ def write_report(cells, order, variants, reference, out, grid, image_hists=None,
               'versions': versions(), 'units': 'mIoU, IoU and pixel accuracy in percent',
               'class_names': class_names, 'schedule_rule': schedule,
               'variants': {name: {**dataclasses.asdict(variants[name]), **summary[name]} for name in order},
-              'cells': [{'variant': cell.variant, 'seed': cell.seed, 'folder': cell.folder,
+              'cells': [{'variant': cell.variant, 'seed': cell.seed, 'folder': repo_path(cell.folder),
                          'finished': (cell.variant, cell.seed) in results,
                          'commands': [shlex.join(cell.train_command), shlex.join(cell.val_command)],
                          'curve': curves[cell.variant, cell.seed],
