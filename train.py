@@ -186,6 +186,8 @@ def train_epochs(run: Run, stop_after_epoch=None) -> None:
     cfg, dist_info, logger = run.cfg, run.dist_info, run.logger
     train_model = wrap_for_training(run.model, cfg, dist_info)
     logger.info(describe_run(cfg, run.spec, dist_info, run.loader, run.amp, run.run_dir))
+    if du.is_dist():
+        logger.info(du.describe_group(run.model))
     best_miou = run.best_miou
     for epoch in range(run.start_epoch, cfg.nepochs + 1):
         run.epoch = epoch

@@ -3,6 +3,10 @@
 One process (no torchrun) is a world of size 1: every helper here works there too, so the training
 and evaluation code has a single path. Under torchrun the backend is NCCL when CUDA is available and
 gloo otherwise (multi-process runs on CPU).
+
+PRIMKD_TORCHRUN=1 (the launcher then starts torchrun even for one process) makes a single torchrun
+process join a process group too, so that NCCL, DDP and the SyncBatchNorm conversion run on one GPU
+as on several (tools/gpu_check.py). SyncBatchNorm itself computes plain BatchNorm in a world of one.
 """
 import datetime
 import os
@@ -20,10 +24,11 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    grouped: bool = False   # a process group of one (PRIMKD_TORCHRUN=1 under torchrun)
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.grouped
 
     @property
     def is_main(self) -> bool:
@@ -48,11 +53,24 @@ def init_distributed(device: str = 'auto', timeout_minutes: float = 30.0) -> Dis
         dev = torch.device('cuda', local_rank)
     else:
         dev = torch.device('cpu')
-    if world_size > 1 and not dist.is_initialized():
+    grouped = world_size == 1 and single_process_group()
+    if (world_size > 1 or grouped) and not dist.is_initialized():
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo',
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                 **({'device_id': dev} if use_cuda else {}))
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, grouped=grouped)
+
+
+def single_process_group() -> bool:
+    """Whether one process should join a process group anyway: PRIMKD_TORCHRUN=1 and started by
+    torchrun (which sets TORCHELASTIC_RUN_ID and the rendezvous address)."""
+    return os.environ.get('PRIMKD_TORCHRUN') == '1' and 'TORCHELASTIC_RUN_ID' in os.environ
+
+
+def describe_group(model: torch.nn.Module) -> str:
+    """One line for the log of a run in a process group: backend, processes, SyncBatchNorm."""
+    return (f'process group: {dist.get_backend()} backend, {get_world_size()} process(es), DDP'
+            + (', SyncBatchNorm' if uses_sync_batchnorm(model) else ', BatchNorm (no SyncBatchNorm off CUDA)'))
 
 
 def is_dist() -> bool:

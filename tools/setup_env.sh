@@ -66,6 +66,8 @@ primkd_config() {
 # why). One node takes a free rendezvous port (torchrun --standalone), so runs side by side do not
 # collide, unless MASTER_PORT asks for one. Several nodes (NNODES, NODE_RANK: the same command on
 # each) meet at MASTER_ADDR, the address of node 0, on MASTER_PORT (default 29500).
+# PRIMKD_TORCHRUN=1 starts torchrun for a single process too (one GPU or the CPU), and that process
+# joins a process group (NCCL on a GPU, gloo on the CPU): DDP and SyncBatchNorm as on several GPUs.
 primkd_launch() {
     local script="$1"; shift
     local nnodes="${NNODES:-1}" ngpu rendezvous
@@ -78,7 +80,7 @@ primkd_launch() {
         exit 2
     fi
     ngpu=$("$PYTHON" -m engine.devices "$@") || exit 2
-    if [ "$nnodes" -eq 1 ] && [ "$ngpu" -le 1 ]; then
+    if [ "$nnodes" -eq 1 ] && [ "$ngpu" -le 1 ] && [ "${PRIMKD_TORCHRUN:-0}" != 1 ]; then
         exec "$PYTHON" "$script" "$@"
     fi
     if [ "$nnodes" -eq 1 ] && [ -z "${MASTER_PORT:-}" ]; then
