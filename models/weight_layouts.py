@@ -27,9 +27,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from utils.constants import NUM_STAGES
 from utils.modules import unwrap_model
 
-from .encoders.mit import MIT_SIZES, NUM_STAGES
+from .encoders.mit import MIT_SIZES
 
 IMAGENET_HELP = ("download the SegFormer release's ImageNet-1k encoder weights (mit_b0.pth .. "
                  "mit_b5.pth) and put them in pretrained/segformer/, or set pretrained_model=None "

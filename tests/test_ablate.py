@@ -12,7 +12,7 @@ import pytest
 
 from config import REPO_ROOT
 from tools import ablate
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, tiny_opts
 
 

@@ -12,7 +12,7 @@ from config import REPO_ROOT, load_config
 from dataloader.loader import EpochSampler, micro_batching
 from engine.rng import seed_everything
 from models.builder import build_model
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, free_port, tiny_opts
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from config import REPO_ROOT, load_config
 from tools import ablate, demo
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, tiny_opts
 
 

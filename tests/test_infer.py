@@ -17,7 +17,7 @@ import val
 from config import REPO_ROOT
 from models.weight_layouts import to_official_state_dict
 from tools import infer
-from tools.synthetic_rooms import make_synthetic_dataset, scaled_camera
+from dataloader.synthetic_rooms import make_synthetic_dataset, scaled_camera
 from utils.conversion import read_depth_png
 from utils.hha import inpainted_hha
 from utils.visualize import SEPARATOR_WIDTH, colorize

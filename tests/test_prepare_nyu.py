@@ -132,13 +132,13 @@ def test_second_run_skips_written_items(converted):
 def test_bad_inputs_are_named(tmp_path):
     tool = load_tool()
     release = make_release(str(tmp_path))
-    with pytest.raises(tool.InputError, match="has no variable 'mapClass'"):
+    with pytest.raises(tool.ConversionError, match="has no variable 'mapClass'"):
         tool.check_mapping(release['splits'])
-    with pytest.raises(tool.InputError, match='does not exist'):
+    with pytest.raises(tool.ConversionError, match='does not exist'):
         tool.check_release(str(tmp_path / 'absent.mat'))
-    with pytest.raises(tool.InputError, match='not an HDF5'):
+    with pytest.raises(tool.ConversionError, match='not an HDF5'):
         tool.check_release(release['splits'])
-    with pytest.raises(tool.InputError, match=r"'trainNdxs' must hold 1-based image indices in 1\.\.3"):
+    with pytest.raises(tool.ConversionError, match=r"'trainNdxs' must hold 1-based image indices in 1\.\.3"):
         tool.check_splits(release['splits'], count=3)
     with h5py.File(release['mat'], 'a') as f:
         del f['rawDepths']

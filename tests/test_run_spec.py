@@ -9,7 +9,7 @@ import train
 from config import load_config
 from dataloader.dataset import DatasetError
 from engine.run_spec import RunSpec
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, read_metrics, tiny_opts
 
 

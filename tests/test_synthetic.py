@@ -16,7 +16,7 @@ import pytest
 
 from config import REPO_ROOT, load_config
 from dataloader.dataset import RGBXDataset
-from tools.synthetic_rooms import (BOX, CLASS_NAMES, CRATE, CRATE_CUES, PANEL, PANEL_CUES, POSTER, PRESETS, WALL,
+from dataloader.synthetic_rooms import (BOX, CLASS_NAMES, CRATE, CRATE_CUES, PANEL, PANEL_CUES, POSTER, PRESETS, WALL,
                                   Scene, SceneStyle, ensure_synthetic_dataset, make_scene,
                                   make_synthetic_dataset, scaled_camera)
 

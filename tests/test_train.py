@@ -24,7 +24,7 @@ from engine.run_dir import read_training_checkpoint as read_checkpoint
 from engine.optim import build_optimizer, build_scheduler, load_optimizer_state, warmup_poly_factor
 from models.builder import build_model
 from models.weight_layouts import to_official_state_dict
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, free_port, locked_by_another_process, read_metrics, read_scalars, tiny_opts
 
 

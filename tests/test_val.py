@@ -17,7 +17,7 @@ from dataloader.dataset import RGBXDataset
 from engine import run_dir as rd
 from models.builder import build_model
 from models.weight_layouts import to_official_state_dict
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import free_port
 
 DEMO = os.path.join(REPO_ROOT, 'config', 'demo.py')

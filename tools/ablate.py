@@ -72,7 +72,7 @@ import torchvision
 import train
 from config import REPO_ROOT, ConfigError, add_config_args, load_config, parse_overrides
 from engine import run_dir as rd
-from tools.synthetic_rooms import ensure_synthetic_dataset
+from dataloader.synthetic_rooms import ensure_synthetic_dataset
 from models.distill import LOGIT_LOSSES, feature_term_on, kl_term_on
 from utils.io import atomic_write, write_json
 

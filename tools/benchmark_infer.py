@@ -27,8 +27,9 @@ from engine.devices import DeviceError, gpu_count
 from engine.evaluator import predict_probabilities
 from engine.inference import ONNX_PACKAGES, InferenceError, OnnxNetwork, export_onnx, require_onnx_packages
 from engine.run_spec import RunSpec
-from models.encoders.mit import LAST_STAGE_STRIDE, MIT_SIZES
+from models.encoders.mit import MIT_SIZES
 from utils.benchmarking import device_info, library_versions, provenance, save_report, summary_ms, timed_runs
+from utils.constants import LAST_STAGE_STRIDE
 from utils.io import check_output_file
 
 VARIANTS = ('torch fp32', 'torch bf16', 'onnxruntime')

@@ -28,7 +28,7 @@ from dataloader.dataset import DatasetError, RGBXDataset
 from dataloader.transforms import EvalTransform
 from engine.inference import (MIN_DYNAMIC_EXAMPLE_SIDE, ONNX_OPSET, InferenceError, OnnxNetwork, checkpoint_model,
                               export_onnx, logit_agreement, require_onnx_packages)
-from models.encoders.mit import LAST_STAGE_STRIDE
+from utils.constants import LAST_STAGE_STRIDE
 from utils.io import check_output_file
 
 MIN_AGREEMENT = 0.999

@@ -13,7 +13,7 @@ forward pass of batch size 1 in eval mode: convolutions and matrix products, att
 counter reports FLOPs = 2 x multiply-adds. Norms, activations, softmax, pooling and interpolation
 are not counted.
 
-The counting lives in utils/flops.py, which also supplies the formulas the counter lacks for fused
+The counting lives in utils/op_counts.py, which also supplies the formulas the counter lacks for fused
 attention kernels (on the CPU, `aten._scaled_dot_product_flash_attention_for_cpu`), so that the
 attention products are not silently counted as zero.
 """
@@ -23,7 +23,8 @@ import torch
 
 from config import add_config_args, config_from_args
 from models import build_model, build_teacher, teacher_backbone
-from utils.flops import count_macs, count_parameters
+from utils.constants import LAST_STAGE_STRIDE
+from utils.op_counts import count_macs, count_parameters
 
 
 def main(argv=None):
@@ -36,8 +37,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser)
     height, width = args.size or (cfg.image_height, cfg.image_width)
-    if height < 32 or width < 32:
-        parser.error(f"--size must be at least 32 x 32 (the encoder's stride), "
+    if min(height, width) < LAST_STAGE_STRIDE:
+        parser.error(f"--size must be at least {LAST_STAGE_STRIDE} x {LAST_STAGE_STRIDE} (the encoder's stride), "
                      f"got {height} {width}")
 
     # The student is built with its training-only heads so that both figures can be shown.
