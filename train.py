@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from config import ConfigError, add_config_args, config_error_exit, load_config, parse_overrides, save_config
-from dataloader.dataset import DatasetError
+from dataloader.dataset import DatasetError, resolve_split_sizes
 from dataloader.loader import build_train_loader
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
@@ -142,6 +142,7 @@ def start_run(args, cfg, spec, dist_info, run_dir, logger) -> Run:
     spec.check_inputs(cfg, resuming=resume_path is not None, config_path=args.config)
     if resume_path is None:
         rd.refuse_overwrite(run_dir)
+    resolve_split_sizes(cfg)  # before the loader and the scheduler, which read them
     seed_everything(cfg.seed)  # the same on every rank while the networks are built: equal weights
     loader = build_train_loader(cfg, dist_info, spec.dataset(cfg, 'train'))
     val_dataset = spec.dataset(cfg, 'val', EvalTransform(cfg))
