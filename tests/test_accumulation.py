@@ -49,7 +49,8 @@ import json, os, sys
 import torch
 torch.nn.Dropout2d.forward = lambda self, x: x   # dropout draws differ by process; compare the arithmetic
 import train
-parser = train.get_args_parser()
+from engine.cli import train_args_parser
+parser = train_args_parser()
 model = train.main(parser.parse_args(sys.argv[1:]), parser)
 if os.environ.get('RANK', '0') == '0':
     torch.save({name: p.detach() for name, p in model.named_parameters()}, os.environ['PARAMETERS_OUT'])

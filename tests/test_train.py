@@ -18,13 +18,14 @@ import torch
 
 import train
 from config import REPO_ROOT, load_config
+from dataloader.synthetic_rooms import make_synthetic_dataset
+from engine.cli import train_args_parser
 from engine.rng import resumable_rng_state, rng_state, set_rng_state
 from engine.run_dir import atomic_save, find_resume_checkpoint
 from engine.run_dir import read_training_checkpoint as read_checkpoint
 from engine.optim import build_optimizer, build_scheduler, load_optimizer_state, warmup_poly_factor
 from models.builder import build_model
 from models.weight_layouts import to_official_state_dict
-from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, free_port, locked_by_another_process, read_metrics, read_scalars, tiny_opts
 
 
@@ -36,7 +37,7 @@ def dataset(tmp_path_factory):
 
 
 def run_main(argv):
-    parser = train.get_args_parser()
+    parser = train_args_parser()
     return train.main(parser.parse_args(argv), parser)
 
 
@@ -318,7 +319,8 @@ def audit(event, args):
         writes.append(str(args[0]))
 sys.addaudithook(audit)
 import torch, train
-parser = train.get_args_parser()
+from engine.cli import train_args_parser
+parser = train_args_parser()
 model = train.main(parser.parse_args(sys.argv[1:]), parser)
 rank = os.environ['RANK']
 torch.save(model.state_dict(), os.path.join({out!r}, f'rank{{rank}}.pt'))
@@ -486,13 +488,14 @@ STOPPING_DRIVER = '''
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 import train
+from engine.cli import train_args_parser
 real = train.train_one_epoch
 def stopped(*args, **kwargs):
     if os.environ['RANK'] == '1':
         os.kill(os.getpid(), signal.SIGSTOP)   # stopped, not dead: its connections stay open
     return real(*args, **kwargs)
 train.train_one_epoch = stopped
-parser = train.get_args_parser()
+parser = train_args_parser()
 train.main(parser.parse_args(sys.argv[1:]), parser)
 '''
 

@@ -69,9 +69,9 @@ import timm
 import torch
 import torchvision
 
-import train
 from config import REPO_ROOT, ConfigError, add_config_args, load_config, parse_overrides
 from engine import run_dir as rd
+from engine.cli import resolve_train_config, train_args_parser
 from dataloader.synthetic_rooms import ensure_synthetic_dataset
 from models.distill import LOGIT_LOSSES, feature_term_on, kl_term_on
 from utils.io import atomic_write, write_json
@@ -235,14 +235,14 @@ def file_sha256(path):
 def resolved_config(config, mode, flags, teacher, opts):
     """The config train.py runs with these arguments (its own parser and resolution); GridError for
     anything train.py would reject."""
-    parser = train.get_args_parser()
+    parser = train_args_parser()
 
     def reject(message):
         raise GridError(message)
     parser.error = reject
     argv = ['--config', config, '--mode', mode, *flags, *(['--teacher', teacher] if teacher else []),
             '--opts', *opts]
-    return train.resolve_config(parser.parse_args(argv), parser)
+    return resolve_train_config(parser.parse_args(argv), parser)
 
 
 def teacher_of(variant, seed, cells, external):
