@@ -151,7 +151,7 @@ def save_epoch(run: Run, epoch: int, improved: bool, best_miou: float) -> None:
     rng_states = all_rng_states(run.dist_info.device)
     error = None
     if run.dist_info.is_main:
-        state = rd.training_state(role=run.spec.mode, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
+        state = rd.training_state(mode=run.spec.mode, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
                                   cfg=run.cfg, epoch=epoch, iteration=epoch * run.cfg.niters_per_epoch,
                                   best_miou=best_miou, rng_states=rng_states)
         try:

@@ -128,7 +128,7 @@ def _check_type(key, value, expected, source):
     return value
 
 
-def validate(cfg, source='config'):
+def check_config(cfg, source='config'):
     """Checks keys, types and ranges in place; returns cfg. Raises ConfigError naming the key."""
     defaults = base_config()
     unknown = sorted(set(cfg) - set(defaults))
@@ -210,7 +210,7 @@ def load_config(path, overrides=None):
     if not isinstance(namespace.get('config'), dict):
         raise ConfigError(f"config file '{path}' must define an EasyDict named 'config'")
     cfg = EasyDict(namespace['config'])
-    validate(cfg, source=path)
+    check_config(cfg, source=path)
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(overrides)
     if overrides:
@@ -219,7 +219,7 @@ def load_config(path, overrides=None):
             raise ConfigError(f"unknown config key(s) {unknown} (--opts); "
                               f"known keys are listed in config/base.py")
         cfg.update(overrides)
-        validate(cfg, source='--opts')
+        check_config(cfg, source='--opts')
     derive_niters_per_epoch(cfg)
     _resolve_paths(cfg)
     return cfg

@@ -79,7 +79,7 @@ def test_student_needs_extra_and_teacher_ignores_it():
         assert torch.equal(teacher(rgb).logits, teacher(rgb, torch.randn_like(rgb)).logits)
     with pytest.raises(ValueError, match='distill'):
         build_model(cfg, 'teacher', distill=True)
-    with pytest.raises(ValueError, match='role'):
+    with pytest.raises(ValueError, match='mode must be one of'):
         build_model(cfg, 'rgb')
 
 

@@ -1,6 +1,6 @@
 """Parameters and multiply-adds of the teacher or the student.
 
-    python tools/flops.py -c config/nyu_b4.py [--role teacher|student] [--size H W] [--opts ...]
+    python tools/flops.py -c config/nyu_b4.py [--mode teacher|student] [--size H W] [--opts ...]
 
 The teacher is the one that guides the student: of the config's teacher_backbone and
 teacher_modality (an RGB-X teacher is counted on RGB and the extra modality).
@@ -23,14 +23,14 @@ import torch
 
 from config import add_config_args, config_from_args
 from models import build_model, build_teacher, teacher_backbone
-from utils.constants import LAST_STAGE_STRIDE
+from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
 from utils.op_counts import count_macs, count_parameters
 
 
 def main(argv=None):
     parser = add_config_args(argparse.ArgumentParser(
         description='Count the parameters and multiply-adds of the teacher or student.'))
-    parser.add_argument('--role', choices=('teacher', 'student'), default='student',
+    parser.add_argument('--mode', choices=MODES, default=STUDENT,
                         help='which model (default: %(default)s)')
     parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
                         help="input height and width (default: the config's image size)")
@@ -42,7 +42,7 @@ def main(argv=None):
                      f"got {height} {width}")
 
     # The student is built with its training-only heads so that both figures can be shown.
-    if args.role == 'student':
+    if args.mode == 'student':
         model, description = build_model(cfg, 'student', distill=True).eval(), f"{cfg.backbone} student"
     else:
         model = build_teacher(cfg).eval()

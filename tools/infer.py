@@ -167,8 +167,8 @@ def load_network(args, cfg, device):
         raise InputError(f'--amp {args.amp}: an ONNX model runs in the precision it was exported in')
     require_onnx_packages(('onnxruntime',))
     network = OnnxNetwork(args.onnx)
-    if args.mode is not None and network.role != args.mode:
-        raise InputError(f'--onnx {args.onnx} is a {network.role} model, but --mode {args.mode} asks for a '
+    if args.mode is not None and network.mode != args.mode:
+        raise InputError(f'--onnx {args.onnx} is a {network.mode} model, but --mode {args.mode} asks for a '
                          f'{args.mode} one')
     mismatches = network.config_mismatches(cfg)
     if mismatches:
@@ -176,7 +176,7 @@ def load_network(args, cfg, device):
     if network.num_classes not in (None, cfg.num_classes):
         raise InputError(f'--onnx {args.onnx} predicts {network.num_classes} classes but the config has '
                          f'num_classes={cfg.num_classes}')
-    return network, network.role, os.path.abspath(args.onnx)
+    return network, network.mode, os.path.abspath(args.onnx)
 
 
 def check_role_inputs(role, args, cfg):
