@@ -108,6 +108,7 @@ def killed_and_rerun(dataset, tmp_path_factory):
     return out, opts, first, snapshot, rerun.stdout
 
 
+@pytest.mark.integration
 def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rerun):
     out, _, first, snapshot, stdout = killed_and_rerun
     assert 'cell 1 of 3: rgb_teacher seed 1: finished earlier, skipped' in stdout
@@ -138,6 +139,7 @@ def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rer
     assert '| cmx | student |' in table and '(reference)' in table
 
 
+@pytest.mark.integration
 def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
     out, opts, first, snapshot, _ = killed_and_rerun
     changed = subprocess.run(run_grid(out, [*opts, 'nepochs=2']), cwd=REPO_ROOT, env=launch_env(),

@@ -57,6 +57,7 @@ if os.environ.get('RANK', '0') == '0':
 '''
 
 
+@pytest.mark.integration
 def test_two_processes_equal_one_process_with_two_micro_batches(tmp_path):
     dataset = str(tmp_path / 'Synthetic')
     make_synthetic_dataset(dataset, num_train=8, num_test=4, height=64, width=64, seed=5)

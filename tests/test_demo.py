@@ -24,6 +24,7 @@ def test_the_sentence_follows_the_numbers():
     assert 'RGB alone does about as well' in said and '+1.0 points against' in said and '1.0 points below' in said
 
 
+@pytest.mark.integration
 def test_a_shortened_demo_prints_three_rows_and_the_difference(tmp_path):
     dataset = str(tmp_path / 'Synthetic')
     make_synthetic_dataset(dataset, num_train=8, num_test=4, height=64, width=64, seed=3)

@@ -66,6 +66,7 @@ def test_the_layer_check_sees_nested_and_dotted_imports(tmp_path, monkeypatch):
     assert sorted(imported_packages('probe.py')) == ['engine', 'os', 'utils']
 
 
+@pytest.mark.integration
 def test_reading_a_config_imports_no_torch():
     """`python -m config config/nyu_b4.py` prints the resolved config without torch, models or tools."""
     probe = ("import runpy, sys\n"

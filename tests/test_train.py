@@ -110,6 +110,7 @@ def test_no_weight_decay_on_norms_and_biases():
     assert decay['weight_decay'] == 0.01 and no_decay['weight_decay'] == 0.0
 
 
+@pytest.mark.integration
 def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
     path = str(tmp_path / 'last.pth')
     atomic_save({'format': 'primkd', 'optimizer': {}, 'epoch': 1, 'iteration': 10, 'value': torch.ones(3)}, path)
@@ -177,6 +178,7 @@ def teacher_run_checkpoint(folder, teacher):
     return teacher  # a training checkpoint, but of the RGB-only teacher
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('make_bad, needle', [(torn_file, 'is not a PyTorch checkpoint'),
                                               (weights_only_file, 'not a training checkpoint'),
                                               (teacher_run_checkpoint, 'resume it with --mode teacher')])
@@ -190,6 +192,7 @@ def test_bad_resume_checkpoint_is_reported_before_work(dataset, teacher_checkpoi
     assert needle in proc.stderr and bad in proc.stderr and 'Traceback' not in proc.stderr
 
 
+@pytest.mark.integration
 def test_official_command_line_logs_every_term(dataset, teacher_checkpoint, tmp_path):
     log_dir = str(tmp_path / 'run')
     argv = ['--port=29516', '--distillation_alpha=1.0', '--distillation_beta=0.1', '--distillation_flag=1',
@@ -274,6 +277,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, teacher_checkp
     assert 'non-finite loss at epoch 2, iteration 1' in log and 'kl=nan' in log
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('opts, named', [
     ({'distillation_logit_loss': 'kd'}, 'alpha 3.0 (logit term on: kd, tau 4, flag 1; Hinton et al. 2015'),
     ({'distillation_logit_loss': 'cwd', 'distillation_tau': 2.0}, 'alpha 3.0 (logit term on: cwd, tau 2; Shu et al.'),
@@ -292,6 +296,7 @@ def test_train_log_names_the_logit_distiller(dataset, teacher_checkpoint, tmp_pa
     assert kl and all(v > 0 for v in kl)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('flags, opts, needle', [
     (['--teacher', 'nope.pth'], {}, 'nope.pth'),
     (['--mode', 'teacher'], {'pretrained_model': 'pretrained/segformer/mit_b0_missing.pth'}, 'mit_b0_missing.pth'),
@@ -329,6 +334,7 @@ with open(os.path.join({out!r}, f'rank{{rank}}_writes.json'), 'w') as f:
 '''
 
 
+@pytest.mark.integration
 def test_two_process_torchrun_training(dataset, teacher_checkpoint, tmp_path):
     log_dir, out = str(tmp_path / 'run'), str(tmp_path / 'out')
     os.makedirs(out)
@@ -438,6 +444,7 @@ def test_an_impossible_log_dir_is_one_line(dataset, tmp_path, capsys, log_dir):
     assert f"cannot write in run directory '{os.path.join(log_dir, 'teacher')}' (config key log_dir)" in err
 
 
+@pytest.mark.integration
 def test_a_full_disk_during_a_save_ends_in_one_line_keeping_the_checkpoint(dataset, tmp_path, capsys, monkeypatch):
     run_dir = str(tmp_path / 'teacher')
     argv = ['--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher']
@@ -500,6 +507,7 @@ train.main(parser.parse_args(sys.argv[1:]), parser)
 '''
 
 
+@pytest.mark.integration
 def test_a_stopped_process_ends_the_run_in_bounded_time(dataset, tmp_path):
     driver = tmp_path / 'driver.py'
     driver.write_text(STOPPING_DRIVER.format(repo=REPO_ROOT))
@@ -535,6 +543,7 @@ def test_a_torchrun_restart_resumes_and_an_epoch_run_again_replaces_its_metrics(
     assert 'torchrun restart 1: resuming from the newest checkpoint' in open(os.path.join(run_dir, 'train.log')).read()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
 def test_cuda_asked_for_without_cuda_is_a_clear_error(dataset, tmp_path):
     proc = subprocess.run([sys.executable, 'train.py', '--config', DEMO_CONFIG, '--device', 'cuda',
