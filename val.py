@@ -35,7 +35,7 @@ from engine.evaluator import evaluate, saved_predictions
 from engine.inference import add_prediction_args
 from engine.run_spec import RunSpec
 from models.weight_layouts import CheckpointError, load_checkpoint
-from utils.constants import LAST_STAGE_STRIDE
+from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
 from utils.io import check_output_file, check_output_folder, write_json
 from utils.metrics import format_metrics_table
 
@@ -46,7 +46,7 @@ def get_args_parser():
                         metavar='CHECKPOINT',
                         help='checkpoint file, run directory, or last | best | N | START-END | START- '
                              'in <log_dir>/<mode>/ (comma- or space-separated)')
-    parser.add_argument('--mode', choices=('student', 'teacher'), default='student',
+    parser.add_argument('--mode', choices=MODES, default=STUDENT,
                         help='student: RGB-D model (default); teacher: RGB-only model')
     add_prediction_args(parser)
     parser.add_argument('-p', '--save_path', metavar='DIR',

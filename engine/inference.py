@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from models.weight_layouts import checkpoint_contents, load_checkpoint, read_checkpoint_file
+from utils.constants import AMP_DTYPE_NAMES, AMP_FULL_PRECISION
 
 from . import run_dir as rd
 from .evaluator import predict_probabilities
@@ -56,7 +57,7 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                            help='sliding-window inference with eval_crop_size / eval_stride_rate')
     inference.add_argument('--whole', dest='eval_mode', action='store_const', const='whole',
                            help="the whole image at once (default: the config's eval_mode)")
-    parser.add_argument('--amp', choices=('bf16', 'fp16', 'none'), default='none',
+    parser.add_argument('--amp', choices=AMP_DTYPE_NAMES, default=AMP_FULL_PRECISION,
                         help='mixed-precision inference (default: none, full precision)')
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                         help='auto: CUDA when available (default)')

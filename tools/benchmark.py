@@ -69,7 +69,7 @@ from engine.run_spec import RunSpec
 from engine.trainer import train_one_epoch
 from utils.benchmarking import (PeakMemory, device_info, library_versions, provenance, save_report, summary_ms,
                                 synchronize, timed_runs)
-from utils.constants import LAST_STAGE_STRIDE
+from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
 from utils.io import check_output_file
 from utils.modules import unwrap_model
 from utils.op_counts import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops
@@ -119,7 +119,7 @@ def parse_variant(text: str) -> Variant:
 
 def get_args_parser():
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.split('\n')[0]))
-    parser.add_argument('--mode', choices=('student', 'teacher'), default='student',
+    parser.add_argument('--mode', choices=MODES, default=STUDENT,
                         help='student: PrimKD step with the frozen teacher (default); teacher: RGB-only')
     parser.add_argument('--batch', type=int, help="images per step (default: the config's batch_size)")
     parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),

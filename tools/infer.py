@@ -44,7 +44,7 @@ from engine.evaluator import predict_probabilities
 from engine.inference import (InferenceError, OnnxNetwork, add_prediction_args, checkpoint_model,
                               network_input_shapes, require_onnx_packages)
 from utils import conversion
-from utils.constants import LAST_STAGE_STRIDE
+from utils.constants import LAST_STAGE_STRIDE, MODES
 from utils.depth_camera import CAMERA_FLAGS, Camera, camera_from_flags, check_camera_fits, check_png_header
 from utils.hha import CAMERA_PRESETS, inpainted_hha
 from utils.io import check_output_folder, write_json
@@ -78,7 +78,7 @@ def get_args_parser():
                        help='checkpoint file (project or official layout), run directory, or '
                             'last | best | N in <log_dir>/<mode>/')
     model.add_argument('--onnx', metavar='FILE', help='ONNX file of tools/export.py, run by onnxruntime')
-    parser.add_argument('--mode', choices=('student', 'teacher'),
+    parser.add_argument('--mode', choices=MODES,
                         help="student (RGB + depth/HHA) or teacher (RGB); default: the model's own kind")
     parser.add_argument('--rgb', required=True, metavar='PATH', help='image file, folder or glob pattern')
     extra = parser.add_mutually_exclusive_group()
