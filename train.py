@@ -6,7 +6,6 @@ starts the right one. The official PrimKD command line works unchanged:
     train.py --port=29516 --distillation_alpha=1.0 --distillation_beta=0.1 --distillation_flag=1 \
         --lambda_mask=0.75 --select="max" --mask_single="hint"
 """
-import argparse
 import errno
 import os
 import re
@@ -16,13 +15,14 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from config import ConfigError, add_config_args, config_error_exit, load_config, parse_overrides, save_config
-from dataloader.dataset import DatasetError
+from config import ConfigError, save_config
+from dataloader.dataset import DatasetError, resolve_split_sizes
 from dataloader.loader import build_train_loader
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
 from engine import run_dir as rd
 from engine.amp import AMP_DTYPES, resolve_amp
+from engine.cli import resolve_train_config, train_args_parser
 from engine.logger import RunLogger
 from engine.optim import build_optimizer, build_scheduler
 from engine.rng import all_rng_states, seed_everything
@@ -32,67 +32,6 @@ from engine.trainer import (NonFiniteLossError, load_start_weights, original_mes
 from models.builder import teacher_backbone
 from models.distill import describe_logit_loss, kl_term_on
 from models.weight_layouts import CheckpointError
-
-# Official flags -> config keys. Their defaults live in the config (the paper's command line).
-DISTILLATION_FLAGS = ('distillation_alpha', 'distillation_beta', 'distillation_flag',
-                      'distillation_single', 'lambda_mask', 'select', 'mask_single', 'losses')
-
-
-def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    add_config_args(parser)
-    parser.add_argument('--mode', choices=('teacher', 'student'), default='student',
-                        help='teacher: RGB-only SegFormer with cross-entropy; student: PrimKD (default)')
-    parser.add_argument('--teacher', metavar='PATH', help="teacher checkpoint (default: config's teacher_checkpoint)")
-    parser.add_argument('--resume', metavar='auto|PATH',
-                        help='auto: the newest good checkpoint of the run directory; or a checkpoint file')
-    parser.add_argument('--allow-config-change', action='store_true',
-                        help='resume with settings other than the checkpoint\'s beyond those a resume may change '
-                             '(nepochs, eval_*, ...; README.md "When something goes wrong")')
-    parser.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'none'),
-                        help="mixed precision (default: config's amp: bf16 on GPUs that support it, none on CPU)")
-    parser.add_argument('--compile', action='store_true', help='torch.compile the student')
-    parser.add_argument('--no-pretrained', action='store_true', help='start the encoders from random weights')
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    parser.add_argument('--stop-after-epoch', type=int, metavar='N',
-                        help='end this process after epoch N, as if interrupted (resume with --resume auto)')
-    group = parser.add_argument_group('official PrimKD flags (override the config)')
-    group.add_argument('--distillation_alpha', type=float, help='weight of the KL term (paper: 1.0)')
-    group.add_argument('--distillation_beta', type=float, help='weight of the feature term (paper: 0.1)')
-    group.add_argument('--distillation_flag', type=int, choices=(0, 1),
-                       help='1: KL(teacher || student) (paper), 0: KL(student || teacher)')
-    group.add_argument('--distillation_single', type=int, choices=(0, 1), help='1: use the KL term')
-    group.add_argument('--lambda_mask', type=float, help='mask_hint: probability of keeping a position')
-    group.add_argument('--select', help="'max' (paper), 'min', anything else: no feature term")
-    group.add_argument('--mask_single', choices=('hint', 'mask_hint'), help='reconstruct head type')
-    group.add_argument('--losses', nargs='+', help='stages for the feature term, e.g. loss1 loss2 loss3 loss4')
-    group.add_argument('--port', help='sets MASTER_PORT (as the official launcher); torchrun uses its own')
-    group.add_argument('--local_rank', '--local-rank', type=int, help=argparse.SUPPRESS)
-    group.add_argument('-d', '--devices', help='accepted for compatibility; choose GPUs with CUDA_VISIBLE_DEVICES')
-    return parser
-
-
-def resolve_config(args, parser):
-    """The config file, then --opts, then the explicit flags; any bad value ends with one line."""
-    try:
-        overrides = parse_overrides(args.opts)
-        for key in DISTILLATION_FLAGS:
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        if args.select is not None and args.select not in ('max', 'min'):
-            overrides['select'] = 'none'
-        if args.amp is not None:
-            overrides['amp'] = args.amp
-        if args.compile:
-            overrides['compile'] = True
-        if args.no_pretrained:
-            overrides['pretrained_model'] = None
-        if args.teacher is not None:
-            overrides['teacher_checkpoint'] = os.path.abspath(args.teacher)
-        return load_config(args.config, overrides)
-    except ConfigError as e:
-        config_error_exit(parser, e)
-
 
 def describe_run(cfg, spec, dist_info, loader, amp, run_dir) -> str:
     """The first lines of train.log: what runs where, and the teacher's settings."""
@@ -142,6 +81,7 @@ def start_run(args, cfg, spec, dist_info, run_dir, logger) -> Run:
     spec.check_inputs(cfg, resuming=resume_path is not None, config_path=args.config)
     if resume_path is None:
         rd.refuse_overwrite(run_dir)
+    resolve_split_sizes(cfg)  # before the loader and the scheduler, which read them
     seed_everything(cfg.seed)  # the same on every rank while the networks are built: equal weights
     loader = build_train_loader(cfg, dist_info, spec.dataset(cfg, 'train'))
     val_dataset = spec.dataset(cfg, 'val', EvalTransform(cfg))
@@ -213,7 +153,7 @@ def save_epoch(run: Run, epoch: int, improved: bool, best_miou: float) -> None:
     rng_states = all_rng_states(run.dist_info.device)
     error = None
     if run.dist_info.is_main:
-        state = rd.training_state(role=run.spec.mode, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
+        state = rd.training_state(mode=run.spec.mode, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
                                   cfg=run.cfg, epoch=epoch, iteration=epoch * run.cfg.niters_per_epoch,
                                   best_miou=best_miou, rng_states=rng_states)
         try:
@@ -260,7 +200,7 @@ def stop(prog, dist_info, logger, run_dir, reason: str, every_process_meets_it: 
 
 def main(args, parser):
     """Trains and returns the (unwrapped) model of this process."""
-    cfg = resolve_config(args, parser)
+    cfg = resolve_train_config(args, parser)
     if args.port and 'MASTER_PORT' not in os.environ:
         os.environ['MASTER_PORT'] = str(args.port)
     try:
@@ -298,5 +238,5 @@ def main(args, parser):
 
 
 if __name__ == '__main__':
-    parser = get_args_parser()
+    parser = train_args_parser()
     main(parser.parse_args(), parser)

@@ -35,6 +35,7 @@ from engine.evaluator import evaluate, saved_predictions
 from engine.inference import add_prediction_args
 from engine.run_spec import RunSpec
 from models.weight_layouts import CheckpointError, load_checkpoint
+from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
 from utils.io import check_output_file, check_output_folder, write_json
 from utils.metrics import format_metrics_table
 
@@ -45,7 +46,7 @@ def get_args_parser():
                         metavar='CHECKPOINT',
                         help='checkpoint file, run directory, or last | best | N | START-END | START- '
                              'in <log_dir>/<mode>/ (comma- or space-separated)')
-    parser.add_argument('--mode', choices=('student', 'teacher'), default='student',
+    parser.add_argument('--mode', choices=MODES, default=STUDENT,
                         help='student: RGB-D model (default); teacher: RGB-only model')
     add_prediction_args(parser)
     parser.add_argument('-p', '--save_path', metavar='DIR',
@@ -167,10 +168,10 @@ def main(args, parser):
     mode = args.eval_mode or cfg.eval_mode
     scales = args.scales or cfg.eval_scale_array
     flip = cfg.eval_flip if args.flip is None else args.flip
-    # The encoder's last stage has stride 32: smaller inputs cannot go through it.
-    if any(round(min(cfg.image_height, cfg.image_width) * s) < 32 for s in scales):
+    # Inputs smaller than the encoder's last stride cannot go through it.
+    if any(round(min(cfg.image_height, cfg.image_width) * s) < LAST_STAGE_STRIDE for s in scales):
         fail(f'--scales {scales}: each scale must keep the image ({cfg.image_height}x{cfg.image_width}) '
-             f'at least 32 pixels on its shorter side')
+             f'at least {LAST_STAGE_STRIDE} pixels on its shorter side')
     try:
         resolve_amp(args.amp, dist_info.device)
     except ConfigError as e:

@@ -14,9 +14,8 @@ import traceback
 
 from easydict import EasyDict
 
-from models.distill import LOGIT_LOSSES, STAGE_LOSSES
-from models.encoders.mit import MIT_SIZES
-from tools.synthetic_rooms import PRESETS as SYNTHETIC_PRESETS
+from utils.constants import (AMP_CHOICES, BACKBONES, EVAL_MODES, LOGIT_LOSS_NAMES, RECONSTRUCT_HEADS,
+                             SELECT_CHOICES, STAGE_LOSSES, SYNTHETIC_PRESETS, TEACHER_MODALITIES)
 from utils.io import atomic_write
 
 from .base import NULLABLE, PATH_KEYS, base_config
@@ -73,7 +72,7 @@ CHECKS = {
     'distillation_alpha': (_non_negative, 'a number >= 0'),
     'distillation_beta': (_non_negative, 'a number >= 0'),
     'distillation_kl_confidence': (lambda v: 0 <= v < 1, 'a number in [0, 1)'),
-    'distillation_logit_loss': _one_of(*LOGIT_LOSSES),
+    'distillation_logit_loss': _one_of(*LOGIT_LOSS_NAMES),
     'distillation_tau': (_positive, 'a positive number'),
     'lambda_mask': (_unit, 'a number in [0, 1]'),
     'eval_stride_rate': (lambda v: 0 < v <= 1, 'a number in (0, 1]'),
@@ -91,17 +90,17 @@ CHECKS = {
     'norm_std': (lambda v: len(v) == 3 and all(x > 0 for x in v), 'three positive numbers'),
     'losses': (lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(STAGE_LOSSES),
                f'a non-empty list of distinct names from {STAGE_LOSSES}'),
-    'backbone': _one_of(*MIT_SIZES),
-    'teacher_backbone': _one_of(*MIT_SIZES),
-    'teacher_modality': _one_of('rgb', 'rgbx'),
+    'backbone': _one_of(*BACKBONES),
+    'teacher_backbone': _one_of(*BACKBONES),
+    'teacher_modality': _one_of(*TEACHER_MODALITIES),
     'optimizer': _one_of('AdamW', 'SGDM'),
-    'select': _one_of('max', 'min', 'none'),
-    'mask_single': _one_of('hint', 'mask_hint'),
+    'select': _one_of(*SELECT_CHOICES),
+    'mask_single': _one_of(*RECONSTRUCT_HEADS),
     'distillation_flag': _one_of(0, 1),
     'distillation_single': _one_of(0, 1),
     'channel_order': _one_of('bgr', 'rgb'),
-    'amp': _one_of('auto', 'bf16', 'fp16', 'none'),
-    'eval_mode': _one_of('sliding', 'whole'),
+    'amp': _one_of(*AMP_CHOICES),
+    'eval_mode': _one_of(*EVAL_MODES),
     'synthetic_preset': _one_of(*SYNTHETIC_PRESETS),
 }
 
@@ -129,7 +128,7 @@ def _check_type(key, value, expected, source):
     return value
 
 
-def validate(cfg, source='config'):
+def check_config(cfg, source='config'):
     """Checks keys, types and ranges in place; returns cfg. Raises ConfigError naming the key."""
     defaults = base_config()
     unknown = sorted(set(cfg) - set(defaults))
@@ -211,7 +210,7 @@ def load_config(path, overrides=None):
     if not isinstance(namespace.get('config'), dict):
         raise ConfigError(f"config file '{path}' must define an EasyDict named 'config'")
     cfg = EasyDict(namespace['config'])
-    validate(cfg, source=path)
+    check_config(cfg, source=path)
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(overrides)
     if overrides:
@@ -220,7 +219,7 @@ def load_config(path, overrides=None):
             raise ConfigError(f"unknown config key(s) {unknown} (--opts); "
                               f"known keys are listed in config/base.py")
         cfg.update(overrides)
-        validate(cfg, source='--opts')
+        check_config(cfg, source='--opts')
     derive_niters_per_epoch(cfg)
     _resolve_paths(cfg)
     return cfg
@@ -228,7 +227,8 @@ def load_config(path, overrides=None):
 
 def derive_niters_per_epoch(cfg):
     """niters_per_epoch None -> num_train_imgs // batch_size + 1, as the official code. While
-    num_train_imgs is None too, both wait for the training split to be read (dataloader/dataset.py)."""
+    num_train_imgs is None too, both wait for the training split to be read at the start of a run
+    (dataloader.dataset.resolve_split_sizes)."""
     if cfg.niters_per_epoch is None and cfg.num_train_imgs is not None:
         cfg.niters_per_epoch = cfg.num_train_imgs // cfg.batch_size + 1
 

@@ -47,7 +47,7 @@ def base_config() -> EasyDict:
     C.label_folder = 'Label'
     C.label_format = '.png'
     C.gt_transform = True            # label - 1 with 0 (unlabeled) -> 255 (ignored)
-    # Synthetic rooms (tools/synthetic_rooms.py): the preset that writes dataset_path when it is
+    # Synthetic rooms (dataloader/synthetic_rooms.py): the preset that writes dataset_path when it is
     # absent (ensure_synthetic_dataset), and the scenes' seed, fixed apart from `seed` so that every
     # training seed sees the same scenes. None for real datasets.
     C.synthetic_preset = None

@@ -1,7 +1,7 @@
 """The demo: a MiT-B0 teacher and student on small synthetic RGB-D rooms, a few minutes on a CPU.
 
 `bash train.sh config/demo.py` generates datasets/Synthetic if it is absent (the 'depth_decisive'
-rooms of tools/synthetic_rooms.py, where posters and panels differ only in depth), trains the RGB
+rooms of dataloader/synthetic_rooms.py, where posters and panels differ only in depth), trains the RGB
 teacher, the CMX baseline and the PrimKD student, and evaluates each (tools/demo.py).
 config/demo_nyulike.py starts from here.
 """

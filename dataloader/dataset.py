@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from config import derive_niters_per_epoch
-from models.encoders.mit import LAST_STAGE_STRIDE
+from utils.constants import LAST_STAGE_STRIDE
 
 from .transforms import EvalTransform, TrainTransform
 
@@ -90,13 +90,18 @@ def check_split_size(cfg, split, names, source):
                            f"items: set {key}={len(names)}, or None to take the split file's length")
 
 
-def take_split_size(cfg, split, names):
-    """Fills a split size the config leaves None with the split's, and then for the training split
-    the iterations per epoch that derive from it."""
-    key = SIZE_KEYS[split]
-    if cfg[key] is None:
-        cfg[key] = len(names)
-        derive_niters_per_epoch(cfg)
+def resolve_split_sizes(cfg):
+    """Fills the split sizes the config leaves None (num_train_imgs, num_eval_imgs) from the split
+    files, then niters_per_epoch from num_train_imgs: the one step that completes a training config,
+    taken at the start of a run before the scheduler or a dataset reads them. A size that is set
+    must be its split file's length (DatasetError). Returns cfg."""
+    for split, key in SIZE_KEYS.items():
+        names = read_split(cfg, split)
+        check_split_size(cfg, split, names, split_file(cfg, split))
+        if cfg[key] is None:
+            cfg[key] = len(names)
+    derive_niters_per_epoch(cfg)
+    return cfg
 
 
 def repeated_names(names):
@@ -307,8 +312,10 @@ class RGBXDataset(torch.utils.data.Dataset):
         self.cfg = cfg
         self.split = split
         self.with_extra = with_extra
+        if split == 'train' and cfg.niters_per_epoch is None:
+            raise ValueError("config key 'niters_per_epoch' is None: resolve_split_sizes(cfg) derives it "
+                             "from the training split before a training dataset is built")
         self.names = check_dataset(cfg, split, with_extra=with_extra)
-        take_split_size(cfg, split, self.names)
         if split == 'train':
             self.items = epoch_names(self.names, cfg.niters_per_epoch * cfg.batch_size, cfg.seed)
         else:

@@ -5,8 +5,9 @@ from typing import Optional
 import torch
 
 from config import ConfigError
+from utils.constants import AMP_FULL_PRECISION
 
-AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+AMP_DTYPES = {AMP_FULL_PRECISION: None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from models.weight_layouts import checkpoint_contents, load_checkpoint, read_checkpoint_file
+from utils.constants import AMP_DTYPE_NAMES, AMP_FULL_PRECISION
 
 from . import run_dir as rd
 from .evaluator import predict_probabilities
@@ -56,7 +57,7 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                            help='sliding-window inference with eval_crop_size / eval_stride_rate')
     inference.add_argument('--whole', dest='eval_mode', action='store_const', const='whole',
                            help="the whole image at once (default: the config's eval_mode)")
-    parser.add_argument('--amp', choices=('bf16', 'fp16', 'none'), default='none',
+    parser.add_argument('--amp', choices=AMP_DTYPE_NAMES, default=AMP_FULL_PRECISION,
                         help='mixed-precision inference (default: none, full precision)')
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                         help='auto: CUDA when available (default)')
@@ -74,7 +75,7 @@ def require_onnx_packages(packages=ONNX_PACKAGES) -> None:
 # --- torch models ----------------------------------------------------------------------------
 
 def checkpoint_model(cfg, value: str, mode: Optional[str]):
-    """(model in eval mode, role, checkpoint file) for `-e value`: a checkpoint file, a run
+    """(model in eval mode, the checkpoint's mode, checkpoint file) for `-e value`: a checkpoint file, a run
     directory, or last | best | N in <log_dir>/<mode>/. `mode` None takes the checkpoint's own kind;
     a checkpoint of another kind than `mode` is an InferenceError."""
     lookup_mode = mode or 'student'
@@ -83,21 +84,21 @@ def checkpoint_model(cfg, value: str, mode: Optional[str]):
         if len(paths) != 1:
             raise InferenceError(f'-e {value} names {len(paths)} checkpoints; give one')
         path = paths[0]
-        role = checkpoint_contents(read_checkpoint_file(path, mmap=True), f"checkpoint '{path}'").role
+        saved_mode = checkpoint_contents(read_checkpoint_file(path, mmap=True), f"checkpoint '{path}'").mode
     except ValueError as e:  # CheckpointError included
         raise InferenceError(str(e)) from None
-    if role is None:
+    if saved_mode is None:
         raise InferenceError(f"-e {path}: neither a student nor a teacher checkpoint (no encoder "
                              f"weights under this project's or the official names)")
-    if mode is not None and role != mode:
-        raise InferenceError(f'-e {path} is a {role} checkpoint, but --mode {mode} asks for a {mode} '
-                             f'one (use --mode {role}, or leave --mode out)')
-    model = RunSpec.for_evaluation(role).build_model(cfg)
+    if mode is not None and saved_mode != mode:
+        raise InferenceError(f'-e {path} is a {saved_mode} checkpoint, but --mode {mode} asks for a {mode} '
+                             f'one (use --mode {saved_mode}, or leave --mode out)')
+    model = RunSpec.for_evaluation(saved_mode).build_model(cfg)
     try:
         load_checkpoint(model, path, mmap=True)
     except ValueError as e:  # CheckpointError
         raise InferenceError(str(e)) from None
-    return model.eval(), role, path
+    return model.eval(), saved_mode, path
 
 
 class LogitsOnly(nn.Module):
@@ -133,8 +134,8 @@ class OnnxNetwork:
                                  f"{str(e).strip().splitlines()[0]}") from None
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        self.role = next((role for role, names in INPUT_NAMES.items() if set(inputs) == set(names)), None)
-        if self.role is None or outputs != [OUTPUT_NAME]:
+        self.mode = next((mode for mode, names in INPUT_NAMES.items() if set(inputs) == set(names)), None)
+        if self.mode is None or outputs != [OUTPUT_NAME]:
             raise InferenceError(f"--onnx {path}: expected inputs {' or '.join(map(str, INPUT_NAMES.values()))}"
                                  f" and the output '{OUTPUT_NAME}' (tools/export.py), got inputs "
                                  f"{tuple(inputs)} and outputs {tuple(outputs)}")
@@ -160,11 +161,11 @@ class OnnxNetwork:
         return NetworkOutput(torch.from_numpy(logits).to(rgb.device))
 
 
-def export_onnx(model: nn.Module, role: str, cfg, path: str, size, dynamic: bool) -> None:
+def export_onnx(model: nn.Module, mode: str, cfg, path: str, size, dynamic: bool) -> None:
     """Writes `model` (eval mode, CPU) to the ONNX file `path` for inputs of `size` (height, width)
     with the METADATA_KEYS of `cfg`; `dynamic` leaves height and width free. The batch dimension is
     always free."""
-    names = INPUT_NAMES[role]
+    names = INPUT_NAMES[mode]
     # One tensor per input: torch.export would take a tensor passed twice for one input.
     examples = tuple(torch.randn(EXPORT_EXAMPLE_BATCH, 3, *size) for _ in names)
     axes = {0: 'batch', 2: 'height', 3: 'width'} if dynamic else {0: 'batch'}

@@ -26,10 +26,11 @@ TB_DIR = 'tb'                    # TensorBoard event files
 LOCK_FILE = 'run.lock'           # held by the running run: its pid, host and start time
 LAST, BEST = 'last', 'best'
 
-# Training checkpoints: {'format', 'version', 'role', 'model', 'optimizer', 'scaler', 'epoch',
+# Training checkpoints: {'format', 'version', 'mode', 'model', 'optimizer', 'scaler', 'epoch',
 # 'iteration', 'rng', 'config', 'best_miou'}. Version 1 files predate the 'version' key; version 2
 # files also hold the 'scheduler' state, which is not read: the schedule is built from the config
-# and the epoch (engine/optim.py), so that a resume with another nepochs gets the right one.
+# and the epoch (engine/optim.py), so that a resume with another nepochs gets the right one. Files
+# written before the rename of role to mode say 'role'; checkpoint_mode reads either.
 CHECKPOINT_FORMAT = 'primkd'
 CHECKPOINT_VERSION = 3
 
@@ -78,9 +79,9 @@ def checkpoint_name(path: str) -> str:
 
 # Saving
 
-def training_state(*, role, model, optimizer, scaler, cfg, epoch, iteration, best_miou, rng_states) -> dict:
+def training_state(*, mode, model, optimizer, scaler, cfg, epoch, iteration, best_miou, rng_states) -> dict:
     """The training checkpoint of the schema above."""
-    return {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'role': role,
+    return {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'mode': mode,
             'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
             'scaler': scaler.state_dict(), 'epoch': epoch, 'iteration': iteration, 'rng': rng_states,
             'config': dict(cfg), 'best_miou': best_miou}
@@ -392,14 +393,21 @@ def _listed(changes: dict) -> str:
     return ', '.join(f'{key} {old!r} -> {new!r}' for key, (old, new) in changes.items())
 
 
+def checkpoint_mode(ckpt: dict, default=None):
+    """The mode ('teacher' | 'student') a training checkpoint says it is of: its 'mode' field, or
+    the 'role' field of files written before that rename, or `default` for files without either."""
+    return ckpt.get('mode', ckpt.get('role', default))
+
+
 def read_resume_checkpoint(path: str, cfg, mode: str, allow_change: bool, log=print) -> dict:
     """The training checkpoint a run of `mode` resumes from, after the resume policy: CheckpointError
     if it is of the other mode, or if its config differs in a way the policy refuses."""
     ckpt = read_training_checkpoint(path)
     source = f"--resume '{path}'"
-    if ckpt.get('role', mode) != mode:
-        raise CheckpointError(f"{source} is a checkpoint of a {ckpt['role']} run, not of a {mode} run; "
-                              f"resume it with --mode {ckpt['role']}")
+    saved_mode = checkpoint_mode(ckpt, default=mode)
+    if saved_mode != mode:
+        raise CheckpointError(f"{source} is a checkpoint of a {saved_mode} run, not of a {mode} run; "
+                              f"resume it with --mode {saved_mode}")
     check_resume_config(ckpt.get('config', {}), cfg, ckpt['epoch'], allow_change, source, log)
     return ckpt
 

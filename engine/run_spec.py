@@ -11,10 +11,9 @@ from dataloader.dataset import RGBXDataset
 from models.builder import build_model, build_teacher
 from models.distill import feature_term_on, kl_term_on
 from models.teacher import check_teacher_checkpoint, load_teacher
+from utils.constants import MODES
 
 from . import run_dir as rd
-
-MODES = ('teacher', 'student')
 
 
 @dataclass(frozen=True)

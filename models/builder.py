@@ -1,7 +1,7 @@
 """One segmentation model for teacher and student: an encoder (single MiT or CMX dual MiT), the
 SegFormer MLP decoder and, for a distilling student, the reconstruct heads.
 
-Roles name architectures: 'teacher' is the RGB-only single-branch model (what `--mode teacher`
+A mode names an architecture: 'teacher' is the RGB-only single-branch model (what `--mode teacher`
 trains), 'student' the CMX dual-branch RGB-X model. The teacher that guides a student is either
 (config teacher_modality), with its own MiT size (teacher_backbone); `build_teacher` builds it."""
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -10,14 +10,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.constants import MODES, STUDENT, TEACHER
+
 from .decoders import MLPDecoder
 from .distill import ReconstructHeads
 from .encoders import DualMiTEncoder, MiTEncoder, mit_size
 
-ROLES = ('teacher', 'student')
 ENCODERS = {'teacher': MiTEncoder, 'student': DualMiTEncoder}
 # The architecture of a guiding teacher of each teacher_modality.
-TEACHER_ROLES = {'rgb': 'teacher', 'rgbx': 'student'}
+TEACHER_ARCHITECTURE = {'rgb': TEACHER, 'rgbx': STUDENT}
 
 
 class SegOutput(NamedTuple):
@@ -65,14 +66,14 @@ def teacher_backbone(cfg) -> str:
     return cfg.teacher_backbone or cfg.backbone
 
 
-def _assemble(cfg, role: str, backbone: str,
+def _assemble(cfg, mode: str, backbone: str,
               head_widths: Optional[Sequence[int]] = None) -> SegmentationModel:
-    """The `role` architecture with a `backbone` encoder; reconstruct heads to `head_widths`
+    """The `mode` architecture with a `backbone` encoder; reconstruct heads to `head_widths`
     (the teacher's stage widths) if given."""
-    encoder = ENCODERS[role](backbone, cfg.drop_path_rate)
+    encoder = ENCODERS[mode](backbone, cfg.drop_path_rate)
     # The official teacher's decoder keeps BatchNorm eps 1e-5; the student's is re-initialised
     # with cfg.bn_eps (1e-3).
-    bn_eps = cfg.teacher_bn_eps if role == 'teacher' else cfg.bn_eps
+    bn_eps = cfg.teacher_bn_eps if mode == 'teacher' else cfg.bn_eps
     decoder = MLPDecoder(encoder.out_channels, cfg.num_classes, cfg.decoder_embed_dim,
                          bn_eps=bn_eps, bn_momentum=cfg.bn_momentum)
     heads = None
@@ -82,20 +83,20 @@ def _assemble(cfg, role: str, backbone: str,
     return SegmentationModel(encoder, decoder, heads)
 
 
-def build_model(cfg, role: str, distill: bool = False) -> SegmentationModel:
-    """role 'teacher' (RGB only) or 'student' (RGB + extra), of cfg.backbone; `distill` adds the
+def build_model(cfg, mode: str, distill: bool = False) -> SegmentationModel:
+    """mode 'teacher' (RGB only) or 'student' (RGB + extra), of cfg.backbone; `distill` adds the
     student's reconstruct heads for cfg.losses, of type cfg.mask_single, from the student's stage
     widths to those of the configured teacher (teacher_backbone)."""
-    if role not in ROLES:
-        raise ValueError(f"build_model: role must be one of {ROLES}, got {role!r}")
-    if distill and role != 'student':
+    if mode not in MODES:
+        raise ValueError(f"build_model: mode must be one of {MODES}, got {mode!r}")
+    if distill and mode != 'student':
         raise ValueError("build_model: only the student has distillation heads (distill=True)")
     head_widths = mit_size(teacher_backbone(cfg)).embed_dims if distill else None
-    return _assemble(cfg, role, cfg.backbone, head_widths)
+    return _assemble(cfg, mode, cfg.backbone, head_widths)
 
 
 def build_teacher(cfg) -> SegmentationModel:
     """The teacher that guides the student, with random weights: the RGB-only model
     (teacher_modality 'rgb') or the dual-branch RGB-X model without heads ('rgbx'), of
     teacher_backbone. models.teacher.load_teacher fills it from a checkpoint."""
-    return _assemble(cfg, TEACHER_ROLES[cfg.teacher_modality], teacher_backbone(cfg))
+    return _assemble(cfg, TEACHER_ARCHITECTURE[cfg.teacher_modality], teacher_backbone(cfg))

@@ -33,10 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoders.mlp import init_conv_kaiming
+from utils.constants import STAGE_LOSSES
 
-# The feature term's stage names, as the official --losses flag spells them: lossK is stage K.
-STAGE_LOSSES = ('loss1', 'loss2', 'loss3', 'loss4')
+from .decoders.mlp import init_conv_kaiming
 
 
 @dataclasses.dataclass(frozen=True)

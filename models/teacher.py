@@ -8,7 +8,7 @@ dual-branch layout (e.g. a CMX baseline run; its reconstruct heads, if any, are 
 """
 from typing import Optional
 
-from .builder import TEACHER_ROLES, SegmentationModel, build_teacher, teacher_backbone
+from .builder import TEACHER_ARCHITECTURE, SegmentationModel, build_teacher, teacher_backbone
 from .weight_layouts import CheckpointError, checkpoint_contents, load_checkpoint, read_checkpoint_file
 
 TEACHER_HELP = ("get the released teacher (pretrained/README.md), or train one with --mode teacher "
@@ -17,7 +17,7 @@ TEACHER_HELP = ("get the released teacher (pretrained/README.md), or train one w
                 "--distillation_alpha 0 --distillation_beta 0 trains the CMX baseline without a teacher")
 KIND_TEXT = {'teacher': 'RGB teacher (single-branch)',
              'student': 'RGB-X model (CMX dual-branch, student layout)'}
-MODALITY_OF_ROLE = {role: modality for modality, role in TEACHER_ROLES.items()}
+MODALITY_OF_ARCHITECTURE = {mode: modality for modality, mode in TEACHER_ARCHITECTURE.items()}
 
 
 def _configured_teacher(cfg) -> str:
@@ -38,16 +38,16 @@ def check_teacher_checkpoint(cfg, path: Optional[str] = None) -> dict:
     raw = read_checkpoint_file(path, 'teacher checkpoint', TEACHER_HELP, mmap=True)
     source = f"teacher checkpoint '{path}'"
     contents = checkpoint_contents(raw, source)
-    if contents.role is None:
+    if contents.mode is None:
         raise CheckpointError(f"{source} holds no MiT encoder (no backbone.* or encoder.* keys); "
                               f"expected a PrimKD/CMX segmentation checkpoint")
     fixes = []
     if contents.backbone and contents.backbone != teacher_backbone(cfg):
         fixes.append(f"teacher_backbone={contents.backbone}")
-    if MODALITY_OF_ROLE[contents.role] != cfg.teacher_modality:
-        fixes.append(f"teacher_modality={MODALITY_OF_ROLE[contents.role]}")
+    if MODALITY_OF_ARCHITECTURE[contents.mode] != cfg.teacher_modality:
+        fixes.append(f"teacher_modality={MODALITY_OF_ARCHITECTURE[contents.mode]}")
     if fixes or contents.backbone is None:
-        kind = KIND_TEXT[contents.role]
+        kind = KIND_TEXT[contents.mode]
         what = (f"a {contents.backbone} {kind}" if contents.backbone
                 else f"an {kind} of {contents.size_name()}")
         raise CheckpointError(f"{source} is {what}; the config says {_configured_teacher(cfg)}"

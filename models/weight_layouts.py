@@ -2,7 +2,7 @@
 
 Layouts:
 * project: `model.state_dict()` of `build_model`, saved by the trainer as
-  {'format': 'primkd', 'role': ..., 'model': state_dict, ...}.
+  {'format': 'primkd', 'mode': ..., 'model': state_dict, ...}.
 * official PrimKD / CMX: {'model': state_dict, ...}, keys `backbone.*` (MiT names `patch_embed{k}`,
   `block{k}.{i}`, `norm{k}`; the student adds `extra_*`, `FRMs.{i}`, `FFMs.{i}`) and `decode_head.*`
   (the decoder plus the distillation heads `align_loss{k}` / `conv_loss{k}`), possibly prefixed
@@ -27,9 +27,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from utils.constants import NUM_STAGES
 from utils.modules import unwrap_model
 
-from .encoders.mit import MIT_SIZES, NUM_STAGES
+from .encoders.mit import MIT_SIZES
 
 IMAGENET_HELP = ("download the SegFormer release's ImageNet-1k encoder weights (mit_b0.pth .. "
                  "mit_b5.pth) and put them in pretrained/segformer/, or set pretrained_model=None "
@@ -139,18 +140,18 @@ def to_official_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 # --- what a state dict holds ------------------------------------------------------------------
 
 class CheckpointContents:
-    """Role ('teacher': single-branch RGB, 'student': CMX dual-branch, None: no encoder keys),
+    """Mode ('teacher': single-branch RGB, 'student': CMX dual-branch, None: no encoder keys),
     encoder size (`backbone`: a MIT_SIZES name, None if unknown) and class count read from a
     project-layout state dict."""
 
     def __init__(self, state: Dict[str, torch.Tensor]):
         keys = list(state)
         if any(k.startswith(('encoder.extra.', 'encoder.rectify.', 'encoder.fuse.')) for k in keys):
-            self.role = 'student'
+            self.mode = 'student'
         elif any(k.startswith('encoder.rgb.') for k in keys):
-            self.role = 'teacher'
+            self.mode = 'teacher'
         else:
-            self.role = None
+            self.mode = None
         blocks = [set() for _ in range(NUM_STAGES)]
         for key in keys:
             match = re.match(r'encoder\.rgb\.stages\.(\d)\.blocks\.(\d+)\.', key)
@@ -173,15 +174,15 @@ class CheckpointContents:
                 f"widths {'-'.join(map(str, self.widths or ()))})")
 
 
-ROLE_TEXT = {'teacher': 'teacher (RGB-only, single-branch)',
+MODE_TEXT = {'teacher': 'teacher (RGB-only, single-branch)',
              'student': 'student (RGB + extra modality, CMX dual-branch)'}
 
 
 def _check_fits(model_contents: CheckpointContents, contents: CheckpointContents, source: str) -> None:
-    if contents.role and contents.role != model_contents.role:
+    if contents.mode and contents.mode != model_contents.mode:
         raise CheckpointError(
-            f"{source} is a {ROLE_TEXT[contents.role]} checkpoint but the model is a "
-            f"{ROLE_TEXT[model_contents.role]}; use it with --mode {contents.role}")
+            f"{source} is a {MODE_TEXT[contents.mode]} checkpoint but the model is a "
+            f"{MODE_TEXT[model_contents.mode]}; use it with --mode {contents.mode}")
     if ((contents.depths and contents.depths != model_contents.depths)
             or (contents.widths and contents.widths != model_contents.widths)):
         message = (f"{source} holds a {contents.size_name()} encoder but the model is "

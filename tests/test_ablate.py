@@ -16,7 +16,7 @@ from utils.statistics import paired_interval
 from config import REPO_ROOT
 from engine import ablation as ablate
 from tools import ablate as ablate_tool
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, tiny_opts
 
 
@@ -159,6 +159,7 @@ def killed_and_rerun(dataset, tmp_path_factory):
     return out, opts, first, snapshot, rerun.stdout
 
 
+@pytest.mark.integration
 def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rerun):
     out, _, first, snapshot, stdout = killed_and_rerun
     assert 'cell 1 of 3: rgb_teacher seed 1: finished earlier, skipped' in stdout
@@ -214,6 +215,7 @@ def test_bootstrap_over_the_test_images_of_a_finished_grid(killed_and_rerun):
     assert 'bootstrap' in open(os.path.join(out, ablate.TABLE_FILE)).read()
 
 
+@pytest.mark.integration
 def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
     out, opts, first, snapshot, _ = killed_and_rerun
     changed = subprocess.run(run_grid(out, [*opts, 'nepochs=2']), cwd=REPO_ROOT, env=launch_env(),

@@ -12,7 +12,7 @@ from config import REPO_ROOT, load_config
 from dataloader.loader import EpochSampler, micro_batching
 from engine.rng import seed_everything
 from models.builder import build_model
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, free_port, tiny_opts
 
 
@@ -49,13 +49,15 @@ import json, os, sys
 import torch
 torch.nn.Dropout2d.forward = lambda self, x: x   # dropout draws differ by process; compare the arithmetic
 import train
-parser = train.get_args_parser()
+from engine.cli import train_args_parser
+parser = train_args_parser()
 model = train.main(parser.parse_args(sys.argv[1:]), parser)
 if os.environ.get('RANK', '0') == '0':
     torch.save({name: p.detach() for name, p in model.named_parameters()}, os.environ['PARAMETERS_OUT'])
 '''
 
 
+@pytest.mark.integration
 def test_two_processes_equal_one_process_with_two_micro_batches(tmp_path):
     dataset = str(tmp_path / 'Synthetic')
     make_synthetic_dataset(dataset, num_train=8, num_test=4, height=64, width=64, seed=5)

@@ -1,4 +1,4 @@
-"""tools/benchmark.py and utils/flops.py: the attention FLOP formulas against hand counts and torch's
+"""tools/benchmark.py and utils/op_counts.py: the attention FLOP formulas against hand counts and torch's
 own formulas, and the benchmark's report (structure, consistency of its figures, the FLOPs of a step
 against counts made here). No assertion is about speed."""
 import json
@@ -12,11 +12,11 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from config import REPO_ROOT, load_config
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from engine.run_spec import RunSpec
 from models.builder import build_model
 from tools import benchmark
-from utils.flops import (EXTRA_FORMULAS, attention_backward_flops, attention_flops, count_flops,
+from utils.op_counts import (EXTRA_FORMULAS, attention_backward_flops, attention_flops, count_flops,
                          count_macs)
 from helpers import DEMO_CONFIG
 
@@ -45,7 +45,7 @@ def test_attention_formulas_agree_with_torchs_for_the_cuda_kernels():
     grad_out = (2, 3, 40, 8)
     assert (attention_backward_flops(grad_out, query, key, value)
             == flop_counter.sdpa_backward_flop_count(grad_out, query, key, value))
-    # Every fused CUDA attention kernel of this torch is counted, by torch or by utils.flops.
+    # Every fused CUDA attention kernel of this torch is counted, by torch or by utils.op_counts.
     for name in ('_scaled_dot_product_flash_attention', '_scaled_dot_product_efficient_attention',
                  '_scaled_dot_product_cudnn_attention'):
         op = getattr(torch.ops.aten, name, None)

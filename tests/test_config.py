@@ -86,6 +86,7 @@ def test_overrides_are_parsed_and_type_checked():
         parse_overrides(['lr'])
 
 
+@pytest.mark.integration
 def test_print_command_shows_resolved_config_and_clean_errors():
     ok = subprocess.run([sys.executable, '-m', 'config', 'config/demo.py', '--opts', 'lr=0.5'],
                         cwd=REPO_ROOT, capture_output=True, text=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from config import REPO_ROOT, ConfigError, load_config
-from dataloader.dataset import DatasetError, RGBXDataset
+from dataloader.dataset import DatasetError, RGBXDataset, resolve_split_sizes
 from dataloader.loader import EpochSampler, build_train_loader
 from engine.distributed import DistInfo
 
@@ -386,10 +386,29 @@ def test_split_size_none_takes_the_split_files_and_the_epoch_derives_from_it(dat
     root, _ = dataset_root
     cfg = make_cfg(root, niters_per_epoch=None)
     assert cfg.num_train_imgs is None and cfg.niters_per_epoch is None
-    dataset = RGBXDataset(cfg, 'train')
-    assert (cfg.num_train_imgs, cfg.niters_per_epoch, len(dataset)) == (5, 5 // 4 + 1, 8)
-    RGBXDataset(cfg, 'val')
-    assert cfg.num_eval_imgs == 5
+    assert resolve_split_sizes(cfg) is cfg
+    assert (cfg.num_train_imgs, cfg.num_eval_imgs, cfg.niters_per_epoch) == (5, 5, 5 // 4 + 1)
+    assert len(RGBXDataset(cfg, 'train')) == 8
+
+
+@pytest.mark.parametrize('key, source', [('num_train_imgs', 'train.txt'), ('num_eval_imgs', 'test.txt')])
+def test_resolving_split_sizes_checks_the_sizes_that_are_set(dataset_root, key, source):
+    root, _ = dataset_root
+    with pytest.raises(DatasetError, match=f"config key '{key}' is 200, but split file "
+                                           f"'{os.path.join(str(root), source)}' lists 5 items"):
+        resolve_split_sizes(make_cfg(root, **{key: 200}))
+
+
+def test_building_a_dataset_leaves_the_config_alone(dataset_root):
+    """Split sizes are resolved in one explicit step, never as a side effect of a dataset; a training
+    dataset without its epoch length says which step is missing."""
+    root, _ = dataset_root
+    cfg = make_cfg(root)
+    before = dict(cfg)
+    RGBXDataset(cfg, 'train'), RGBXDataset(cfg, 'val')
+    assert dict(cfg) == before and cfg.num_train_imgs is None and cfg.num_eval_imgs is None
+    with pytest.raises(ValueError, match=r"'niters_per_epoch' is None: resolve_split_sizes\(cfg\)"):
+        RGBXDataset(make_cfg(root, niters_per_epoch=None), 'train')
 
 
 def test_evaluation_images_too_small_for_the_network_are_named(dataset_root):

@@ -11,7 +11,7 @@ import pytest
 from config import REPO_ROOT, load_config
 from engine import ablation as ablate
 from tools import demo
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, tiny_opts
 
 
@@ -25,6 +25,7 @@ def test_the_sentence_follows_the_numbers():
     assert 'RGB alone does about as well' in said and '+1.0 points against' in said and '1.0 points below' in said
 
 
+@pytest.mark.integration
 def test_a_shortened_demo_prints_three_rows_and_the_difference(tmp_path):
     dataset = str(tmp_path / 'Synthetic')
     make_synthetic_dataset(dataset, num_train=8, num_test=4, height=64, width=64, seed=3)

@@ -17,7 +17,7 @@ from dataloader.dataset import RGBXDataset
 from dataloader.transforms import EvalTransform
 from engine.inference import OUTPUT_NAME
 from tools import export, infer
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from test_val import one_thread, random_model  # noqa: F401 (one_thread: a fixture)
 from test_val import config as val_config, opts as val_opts
 

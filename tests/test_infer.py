@@ -17,7 +17,7 @@ import val
 from config import REPO_ROOT
 from models.weight_layouts import to_official_state_dict
 from tools import infer
-from tools.synthetic_rooms import make_synthetic_dataset, scaled_camera
+from dataloader.synthetic_rooms import make_synthetic_dataset, scaled_camera
 from utils.conversion import read_depth_png
 from utils.hha import inpainted_hha
 from utils.visualize import SEPARATOR_WIDTH, colorize
@@ -246,6 +246,7 @@ def test_existing_outputs_are_kept_unless_overwrite(dataset_root, checkpoints, t
     assert read_label(out / 'label' / 'a.png').shape == (HEIGHT, WIDTH)
 
 
+@pytest.mark.integration
 def test_command_line_error_has_no_traceback(tmp_path):
     """Run as a script (the project installed or on PYTHONPATH): a bad input is one line."""
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'tools', 'infer.py'), '-c', infer_config(),

@@ -126,6 +126,7 @@ def run(command, env):
                           env={**env, 'PRIMKD_NO_VENV': '1', 'OMP_NUM_THREADS': '1'})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('command', [['bash', 'train.sh', DEMO_CONFIG, '--mode', 'teacher'],
                                      ['bash', 'train.sh', DEMO_CONFIG],   # the demo
                                      [sys.executable, 'train.py', '--config', DEMO_CONFIG]])
@@ -171,6 +172,7 @@ def fake_python(tmp_path):
     return launch
 
 
+@pytest.mark.integration
 def test_one_gpu_or_none_runs_the_script_itself(fake_python):
     for gpus in ('0', '1'):
         done, calls = fake_python('--mode', 'teacher', FAKE_GPUS=gpus)
@@ -179,6 +181,7 @@ def test_one_gpu_or_none_runs_the_script_itself(fake_python):
                          'train.py --config config/nyu_b4.py --mode teacher']
 
 
+@pytest.mark.integration
 def test_one_node_takes_a_free_port_unless_one_is_given(fake_python):
     done, calls = fake_python(FAKE_GPUS='2')
     assert done.returncode == 0, done.stderr
@@ -190,6 +193,7 @@ def test_one_node_takes_a_free_port_unless_one_is_given(fake_python):
                                    '--master_port=29516 --nproc_per_node=2 train.py'), calls
 
 
+@pytest.mark.integration
 def test_several_nodes_need_master_addr(fake_python):
     done, calls = fake_python(FAKE_GPUS='2', NNODES='2', NODE_RANK='1')
     assert done.returncode == 2 and calls == []

@@ -1,7 +1,7 @@
 """Models: every MiT size builds and trains, the encoder equals MiT written from the paper's
 equations, the whole student equals an independent re-implementation of CMX (FRM, FFM) and the
 SegFormer decoder on weights in the official layout, parameter counts equal the official models',
-and utils/flops.py counts multiply-adds like an independent count."""
+and utils/op_counts.py counts multiply-adds like an independent count."""
 import math
 
 import pytest
@@ -15,7 +15,7 @@ from config import load_config
 from models import build_model
 from models.weight_layouts import load_checkpoint, load_imagenet_encoder, to_official_state_dict
 from models.encoders.mit import mit_size
-from utils.flops import count_macs
+from utils.op_counts import count_macs
 
 # The SegFormer sizes, written out here independently of the model's table.
 WIDTHS = {'mit_b0': (32, 64, 160, 256)}
@@ -79,7 +79,7 @@ def test_student_needs_extra_and_teacher_ignores_it():
         assert torch.equal(teacher(rgb).logits, teacher(rgb, torch.randn_like(rgb)).logits)
     with pytest.raises(ValueError, match='distill'):
         build_model(cfg, 'teacher', distill=True)
-    with pytest.raises(ValueError, match='role'):
+    with pytest.raises(ValueError, match='mode must be one of'):
         build_model(cfg, 'rgb')
 
 

@@ -73,6 +73,7 @@ def converted(tmp_path_factory):
     return release, out, first
 
 
+@pytest.mark.integration
 def test_outputs_equal_the_arrays_they_came_from(converted):
     release, out, _ = converted
     for index in range(1, COUNT + 1):
@@ -93,6 +94,7 @@ def test_outputs_equal_the_arrays_they_came_from(converted):
         assert np.abs(hha.astype(int) - expected).mean() < 3
 
 
+@pytest.mark.integration
 def test_raw_mask_leaves_the_sensor_holes_out_of_the_hha(converted, tmp_path):
     release, plain_out, _ = converted
     out = str(tmp_path / 'masked')
@@ -106,6 +108,7 @@ def test_raw_mask_leaves_the_sensor_holes_out_of_the_hha(converted, tmp_path):
     assert np.abs(hha[:5, :7, 2] - plain[:5, :7, 2]).mean() > 10  # the holes' angles changed
 
 
+@pytest.mark.integration
 def test_split_files_hold_bare_names_in_splits_order(converted):
     _, out, _ = converted
     with open(os.path.join(out, 'train.txt')) as f:
@@ -114,6 +117,7 @@ def test_split_files_hold_bare_names_in_splits_order(converted):
         assert f.read().split() == ['0005', '0002']
 
 
+@pytest.mark.integration
 def test_second_run_skips_written_items(converted):
     release, out, first = converted
     assert '0 already written, 5 to convert' in first.stdout
@@ -129,16 +133,17 @@ def test_second_run_skips_written_items(converted):
                 for n in os.listdir(os.path.join(out, folder)) if '.tmp' in n]
 
 
+@pytest.mark.integration
 def test_bad_inputs_are_named(tmp_path):
     tool = load_tool()
     release = make_release(str(tmp_path))
-    with pytest.raises(tool.InputError, match="has no variable 'mapClass'"):
+    with pytest.raises(tool.ConversionError, match="has no variable 'mapClass'"):
         tool.check_mapping(release['splits'])
-    with pytest.raises(tool.InputError, match='does not exist'):
+    with pytest.raises(tool.ConversionError, match='does not exist'):
         tool.check_release(str(tmp_path / 'absent.mat'))
-    with pytest.raises(tool.InputError, match='not an HDF5'):
+    with pytest.raises(tool.ConversionError, match='not an HDF5'):
         tool.check_release(release['splits'])
-    with pytest.raises(tool.InputError, match=r"'trainNdxs' must hold 1-based image indices in 1\.\.3"):
+    with pytest.raises(tool.ConversionError, match=r"'trainNdxs' must hold 1-based image indices in 1\.\.3"):
         tool.check_splits(release['splits'], count=3)
     with h5py.File(release['mat'], 'a') as f:
         del f['rawDepths']

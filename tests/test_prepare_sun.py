@@ -220,6 +220,7 @@ def copy(release, tmp_path):
                 toolbox=str(tmp_path / 'SUNRGBDtoolbox'))
 
 
+@pytest.mark.integration
 def test_every_output_equals_its_source(release, converted):
     out, _ = converted
     for position, truth in enumerate(release['truth']):
@@ -238,6 +239,7 @@ def test_every_output_equals_its_source(release, converted):
     assert release['truth'][WALL_BEYOND_8M]['depth_mm'].max() > 8000   # the cut at 8 m was exercised
 
 
+@pytest.mark.integration
 def test_hha_uses_each_image_s_own_intrinsics(release, converted):
     out, _ = converted
     truth = release['truth'][5]
@@ -248,6 +250,7 @@ def test_hha_uses_each_image_s_own_intrinsics(release, converted):
     assert np.abs(hha - depth_to_hha(depth_m, camera=other)).mean() > 5 * own_error
 
 
+@pytest.mark.integration
 def test_splits_names_and_summary(release, converted):
     out, stdout = converted
     with open(os.path.join(out, 'train.txt')) as f:
@@ -262,6 +265,7 @@ def test_splits_names_and_summary(release, converted):
     assert 'all               4      4' in stdout
 
 
+@pytest.mark.integration
 def test_layout_is_what_the_sun_configs_read(converted):
     out, _ = converted
     for config in ('sun_b2.py', 'sun_b4.py'):
@@ -272,6 +276,7 @@ def test_layout_is_what_the_sun_configs_read(converted):
         assert check_dataset(cfg, 'val', workers=1) == [name(i) for i in TEST_ORDER]
 
 
+@pytest.mark.integration
 def test_an_interrupted_run_continues(copy, converted, capsys):
     """A label outside 0..37 stops the run at the third image; once it is right again, a second run
     writes only what is missing, and the result equals an uninterrupted run's byte for byte."""
@@ -316,6 +321,7 @@ def stop_line(copy, out):
     return message
 
 
+@pytest.mark.integration
 def test_missing_toolbox_files_are_named(copy, tmp_path):
     os.remove(os.path.join(copy['toolbox'], 'Metadata', 'SUNRGBD2Dseg.mat'))
     os.remove(os.path.join(copy['toolbox'], 'traintestSUNRGBD', 'allsplit.mat'))

@@ -162,6 +162,7 @@ def test_a_lock_file_of_another_host_is_refused(tmp_path):
     assert tmp_path.joinpath(rd.LOCK_FILE).exists()
 
 
+@pytest.mark.integration
 def test_temporaries_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
                           text=True).stdout.strip()
@@ -196,3 +197,10 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, m
     assert str(error.value) == f"cannot write checkpoint '{last}': No space left on device"
     monkeypatch.undo()
     assert torch.load(last)['epoch'] == 1 and os.listdir(tmp_path) == ['last.pth']
+
+
+def test_checkpoint_mode_reads_the_old_role_field_too():
+    from engine.run_dir import checkpoint_mode
+    assert checkpoint_mode({'mode': 'teacher'}) == 'teacher'
+    assert checkpoint_mode({'role': 'teacher'}) == 'teacher'   # written before role was renamed mode
+    assert checkpoint_mode({}, default='student') == 'student'

@@ -8,8 +8,9 @@ import torch
 import train
 from config import load_config
 from dataloader.dataset import DatasetError
+from dataloader.synthetic_rooms import make_synthetic_dataset
+from engine.cli import train_args_parser
 from engine.run_spec import RunSpec
-from tools.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, read_metrics, tiny_opts
 
 
@@ -65,7 +66,7 @@ def test_teacher_data_never_touches_the_extra_modality(rgb_only_dataset):
 
 
 def test_a_teacher_trains_on_a_dataset_without_hha(rgb_only_dataset, tmp_path):
-    parser = train.get_args_parser()
+    parser = train_args_parser()
     train.main(parser.parse_args(['--config', DEMO_CONFIG, '--mode', 'teacher', '--device', 'cpu',
                                   '--opts', *tiny_opts(rgb_only_dataset, str(tmp_path), nepochs=1)]), parser)
     assert [record['epoch'] for record in read_metrics(str(tmp_path / 'teacher'))] == [1]

@@ -58,6 +58,7 @@ def install_calls(repo):
             f'-m pip install --disable-pip-version-check --no-deps --no-build-isolation -e {repo}']
 
 
+@pytest.mark.integration
 def test_creates_the_environment_installs_once_then_reuses(repo):
     first = bootstrap(repo)
     assert first.returncode == 0, first.stderr
@@ -69,6 +70,7 @@ def test_creates_the_environment_installs_once_then_reuses(repo):
     assert second.returncode == 0 and calls(repo) == install_calls(repo) and second.stderr == ''
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('changed', ['requirements-lock.txt', 'pyproject.toml'])
 def test_a_changed_lock_or_project_reinstalls_and_syncs(repo, changed):
     """A package that left the lock is removed by the sync step, which every reinstall runs on the lock
@@ -81,6 +83,7 @@ def test_a_changed_lock_or_project_reinstalls_and_syncs(repo, changed):
     assert calls(repo) == install_calls(repo) * 2
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('step', ['--require-hashes', 'piptools sync', '-e '])
 def test_a_failed_step_stops_with_the_installer_error_and_retries_next_time(repo, step):
     failed = bootstrap(repo, FAKE_FAIL_ON=step)
@@ -97,6 +100,7 @@ def test_a_failed_step_stops_with_the_installer_error_and_retries_next_time(repo
     assert again.returncode == 0 and calls(repo)[failed_at + 1:] == steps
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('env', [{'PRIMKD_NO_VENV': '1'}, {'VIRTUAL_ENV': '/somewhere/env'},
                                  {'CONDA_PREFIX': '/opt/conda/envs/x'}])
 def test_an_active_environment_is_used_as_it_is(repo, env):

@@ -16,7 +16,7 @@ import pytest
 
 from config import REPO_ROOT, load_config
 from dataloader.dataset import RGBXDataset
-from tools.synthetic_rooms import (BOX, CLASS_NAMES, CRATE, CRATE_CUES, PANEL, PANEL_CUES, POSTER, PRESETS, WALL,
+from dataloader.synthetic_rooms import (BOX, CLASS_NAMES, CRATE, CRATE_CUES, PANEL, PANEL_CUES, POSTER, PRESETS, WALL,
                                   Scene, SceneStyle, ensure_synthetic_dataset, make_scene,
                                   make_synthetic_dataset, scaled_camera)
 
@@ -246,6 +246,7 @@ def test_existing_dataset_is_kept_unless_overwrite(tmp_path):
         os.path.join(folder, f'000{i}.png') for folder in ('Depth', 'HHA', 'Label', 'RGB') for i in (0, 1)])
 
 
+@pytest.mark.integration
 def test_make_synthetic_refuses_an_existing_dataset_in_one_line(tmp_path):
     out = str(tmp_path / 'Synthetic')
     command = [sys.executable, os.path.join(REPO_ROOT, 'tools', 'make_synthetic.py'), '--out', out,

@@ -194,7 +194,7 @@ def test_teacher_keys_are_checked():
 
 def test_flops_reports_the_configured_teacher(capsys):
     opts = ['--opts', 'decoder_embed_dim=32', 'teacher_backbone=mit_b1', 'teacher_modality=rgbx']
-    flops.main(['-c', 'config/demo.py', '--role', 'teacher', '--size', '64', '64', *opts])
+    flops.main(['-c', 'config/demo.py', '--mode', 'teacher', '--size', '64', '64', *opts])
     printed = capsys.readouterr().out
     with torch.device('meta'):
         dual = build_teacher(demo_config('teacher_backbone=mit_b1', 'teacher_modality=rgbx'))

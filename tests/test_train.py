@@ -18,13 +18,14 @@ import torch
 
 import train
 from config import REPO_ROOT, load_config
+from dataloader.synthetic_rooms import make_synthetic_dataset
+from engine.cli import train_args_parser
 from engine.rng import resumable_rng_state, rng_state, set_rng_state
 from engine.run_dir import atomic_save, find_resume_checkpoint
 from engine.run_dir import read_training_checkpoint as read_checkpoint
 from engine.optim import build_optimizer, build_scheduler, load_optimizer_state, warmup_poly_factor
 from models.builder import build_model
 from models.weight_layouts import to_official_state_dict
-from tools.synthetic_rooms import make_synthetic_dataset
 from helpers import DEMO_CONFIG, free_port, locked_by_another_process, read_metrics, read_scalars, tiny_opts
 
 
@@ -36,7 +37,7 @@ def dataset(tmp_path_factory):
 
 
 def run_main(argv):
-    parser = train.get_args_parser()
+    parser = train_args_parser()
     return train.main(parser.parse_args(argv), parser)
 
 
@@ -109,6 +110,7 @@ def test_no_weight_decay_on_norms_and_biases():
     assert decay['weight_decay'] == 0.01 and no_decay['weight_decay'] == 0.0
 
 
+@pytest.mark.integration
 def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
     path = str(tmp_path / 'last.pth')
     atomic_save({'format': 'primkd', 'optimizer': {}, 'epoch': 1, 'iteration': 10, 'value': torch.ones(3)}, path)
@@ -190,6 +192,7 @@ def teacher_run_checkpoint(folder, teacher):
     return teacher  # a training checkpoint, but of the RGB-only teacher
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('make_bad, needle', [(torn_file, 'is not a PyTorch checkpoint'),
                                               (weights_only_file, 'not a training checkpoint'),
                                               (teacher_run_checkpoint, 'resume it with --mode teacher')])
@@ -203,6 +206,7 @@ def test_bad_resume_checkpoint_is_reported_before_work(dataset, teacher_checkpoi
     assert needle in proc.stderr and bad in proc.stderr and 'Traceback' not in proc.stderr
 
 
+@pytest.mark.integration
 def test_official_command_line_logs_every_term(dataset, teacher_checkpoint, tmp_path):
     log_dir = str(tmp_path / 'run')
     argv = ['--port=29516', '--distillation_alpha=1.0', '--distillation_beta=0.1', '--distillation_flag=1',
@@ -287,6 +291,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, teacher_checkp
     assert 'non-finite loss at epoch 2, iteration 1' in log and 'kl=nan' in log
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('opts, named', [
     ({'distillation_logit_loss': 'kd'}, 'alpha 3.0 (logit term on: kd, tau 4, flag 1; Hinton et al. 2015'),
     ({'distillation_logit_loss': 'cwd', 'distillation_tau': 2.0}, 'alpha 3.0 (logit term on: cwd, tau 2; Shu et al.'),
@@ -305,6 +310,7 @@ def test_train_log_names_the_logit_distiller(dataset, teacher_checkpoint, tmp_pa
     assert kl and all(v > 0 for v in kl)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('flags, opts, needle', [
     (['--teacher', 'nope.pth'], {}, 'nope.pth'),
     (['--mode', 'teacher'], {'pretrained_model': 'pretrained/segformer/mit_b0_missing.pth'}, 'mit_b0_missing.pth'),
@@ -332,7 +338,8 @@ def audit(event, args):
         writes.append(str(args[0]))
 sys.addaudithook(audit)
 import torch, train
-parser = train.get_args_parser()
+from engine.cli import train_args_parser
+parser = train_args_parser()
 model = train.main(parser.parse_args(sys.argv[1:]), parser)
 rank = os.environ['RANK']
 torch.save(model.state_dict(), os.path.join({out!r}, f'rank{{rank}}.pt'))
@@ -341,6 +348,7 @@ with open(os.path.join({out!r}, f'rank{{rank}}_writes.json'), 'w') as f:
 '''
 
 
+@pytest.mark.integration
 def test_two_process_torchrun_training(dataset, teacher_checkpoint, tmp_path):
     log_dir, out = str(tmp_path / 'run'), str(tmp_path / 'out')
     os.makedirs(out)
@@ -450,6 +458,7 @@ def test_an_impossible_log_dir_is_one_line(dataset, tmp_path, capsys, log_dir):
     assert f"cannot write in run directory '{os.path.join(log_dir, 'teacher')}' (config key log_dir)" in err
 
 
+@pytest.mark.integration
 def test_a_full_disk_during_a_save_ends_in_one_line_keeping_the_checkpoint(dataset, tmp_path, capsys, monkeypatch):
     run_dir = str(tmp_path / 'teacher')
     argv = ['--config', DEMO_CONFIG, '--device', 'cpu', '--mode', 'teacher']
@@ -500,17 +509,19 @@ STOPPING_DRIVER = '''
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 import train
+from engine.cli import train_args_parser
 real = train.train_one_epoch
 def stopped(*args, **kwargs):
     if os.environ['RANK'] == '1':
         os.kill(os.getpid(), signal.SIGSTOP)   # stopped, not dead: its connections stay open
     return real(*args, **kwargs)
 train.train_one_epoch = stopped
-parser = train.get_args_parser()
+parser = train_args_parser()
 train.main(parser.parse_args(sys.argv[1:]), parser)
 '''
 
 
+@pytest.mark.integration
 def test_a_stopped_process_ends_the_run_in_bounded_time(dataset, tmp_path):
     driver = tmp_path / 'driver.py'
     driver.write_text(STOPPING_DRIVER.format(repo=REPO_ROOT))
@@ -546,6 +557,7 @@ def test_a_torchrun_restart_resumes_and_an_epoch_run_again_replaces_its_metrics(
     assert 'torchrun restart 1: resuming from the newest checkpoint' in open(os.path.join(run_dir, 'train.log')).read()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
 def test_cuda_asked_for_without_cuda_is_a_clear_error(dataset, tmp_path):
     proc = subprocess.run([sys.executable, 'train.py', '--config', DEMO_CONFIG, '--device', 'cuda',

@@ -17,7 +17,7 @@ from dataloader.dataset import RGBXDataset
 from engine import run_dir as rd
 from models.builder import build_model
 from models.weight_layouts import to_official_state_dict
-from tools.synthetic_rooms import make_synthetic_dataset
+from dataloader.synthetic_rooms import make_synthetic_dataset
 from helpers import free_port
 
 DEMO = os.path.join(REPO_ROOT, 'config', 'demo.py')
@@ -152,6 +152,7 @@ def test_official_checkpoint_and_teachers(dataset_root, checkpoints, tmp_path):
                               direct_hist(other_teacher, cfg, 'teacher'))
 
 
+@pytest.mark.integration
 def test_two_processes_give_the_one_process_confusion_matrix(dataset_root, checkpoints, tmp_path):
     paths, _, _, _ = checkpoints
     # sliding windows (48 x 64 images, 40 x 48 crop), two scales and flip: every path of the evaluator
@@ -296,6 +297,7 @@ def test_checkpoints_of_one_name_get_results_of_their_own(tmp_path):
         val.output_paths(checkpoints, str(tmp_path / 'pred'), None, overwrite=True)
 
 
+@pytest.mark.integration
 def test_command_line_error_has_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, 'val.py', '--config', DEMO, '-e', str(tmp_path / 'x.pth')],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
@@ -306,6 +308,7 @@ def test_command_line_error_has_no_traceback(tmp_path):
                                    "an epoch N or a range START-END)")
 
 
+@pytest.mark.integration
 def test_val_sh_runs_one_process_without_gpus(dataset_root, checkpoints, tmp_path):
     paths, _, _, _ = checkpoints
     env = dict(os.environ, PRIMKD_NO_VENV='1', CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1',

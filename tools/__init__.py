@@ -1,2 +1,2 @@
-"""Command-line tools (data preparation, FLOPs, benchmarks, the demo) and the synthetic-room renderer
-they share; each tool runs as `python tools/NAME.py` and imports the project as an installed package."""
+"""Command-line tools (data preparation, FLOPs, benchmarks, the demo); each runs as
+`python tools/NAME.py`, imports the project as an installed package and no other tool."""

@@ -28,7 +28,7 @@ caches cuDNN's chosen algorithms per input shape and layout, not per setting, so
 in the same process would reuse the first one's choices.
 
 FLOPs. One step counts 3 x the student's forward FLOPs (forward + backward) + 1 x the teacher's
-forward FLOPs, counted once by utils.flops on the variant-independent float32 models; FLOPs are
+forward FLOPs, counted once by utils.op_counts on the variant-independent float32 models; FLOPs are
 2 x multiply-adds of convolutions and matrix products (attention included). MFU = achieved TFLOP/s /
 the device's dense peak for the variant's precision: bf16/fp16 tensor-core peak, and for fp32 the
 TF32 tensor-core peak. That is the fastest float32 work can go (cuDNN runs float32 convolutions in
@@ -69,9 +69,10 @@ from engine.run_spec import RunSpec
 from engine.trainer import train_one_epoch
 from utils.benchmarking import (PeakMemory, device_info, library_versions, provenance, save_report, summary_ms,
                                 synchronize, timed_runs)
-from utils.flops import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops
+from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
 from utils.io import check_output_file
 from utils.modules import unwrap_model
+from utils.op_counts import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 OPTIONS = ('channels_last', 'compile')
@@ -118,7 +119,7 @@ def parse_variant(text: str) -> Variant:
 
 def get_args_parser():
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.split('\n')[0]))
-    parser.add_argument('--mode', choices=('student', 'teacher'), default='student',
+    parser.add_argument('--mode', choices=MODES, default=STUDENT,
                         help='student: PrimKD step with the frozen teacher (default); teacher: RGB-only')
     parser.add_argument('--batch', type=int, help="images per step (default: the config's batch_size)")
     parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
@@ -151,8 +152,9 @@ def check_args(args, parser, cfg):
     height, width = args.size or (cfg.image_height, cfg.image_width)
     if batch < 1:
         parser.error(f'--batch must be at least 1, got {batch}')
-    if height < 32 or width < 32:
-        parser.error(f"--size must be at least 32 x 32 (the encoder's stride), got {height} {width}")
+    if min(height, width) < LAST_STAGE_STRIDE:
+        parser.error(f"--size must be at least {LAST_STAGE_STRIDE} x {LAST_STAGE_STRIDE} (the encoder's stride), "
+                     f"got {height} {width}")
     if args.steps < 1 or args.warmup < 1:
         parser.error(f'--steps and --warmup must be at least 1, got {args.steps} and {args.warmup}')
     if args.peak_tflops is not None and args.peak_tflops <= 0:

@@ -27,8 +27,9 @@ from engine.devices import DeviceError, gpu_count
 from engine.evaluator import predict_probabilities
 from engine.inference import ONNX_PACKAGES, InferenceError, OnnxNetwork, export_onnx, require_onnx_packages
 from engine.run_spec import RunSpec
-from models.encoders.mit import LAST_STAGE_STRIDE, MIT_SIZES
+from models.encoders.mit import MIT_SIZES
 from utils.benchmarking import device_info, library_versions, provenance, save_report, summary_ms, timed_runs
+from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
 from utils.io import check_output_file
 
 VARIANTS = ('torch fp32', 'torch bf16', 'onnxruntime')
@@ -40,7 +41,7 @@ def get_args_parser():
                              default='config/nyu_b2.py')
     parser.add_argument('--backbones', nargs='+', default=['mit_b0', 'mit_b2'], choices=sorted(MIT_SIZES),
                         metavar='NAME', help='encoder sizes to time (default: mit_b0 mit_b2)')
-    parser.add_argument('--mode', choices=('student', 'teacher'), default='student',
+    parser.add_argument('--mode', choices=MODES, default=STUDENT,
                         help='student: RGB + HHA (default); teacher: RGB alone')
     parser.add_argument('--size', nargs=2, type=int, default=[480, 640], metavar=('H', 'W'),
                         help='image height and width (default: 480 640)')

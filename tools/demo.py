@@ -11,7 +11,7 @@ import time
 
 from config import add_config_args, config_from_args
 from engine import ablation
-from tools.synthetic_rooms import ensure_synthetic_dataset
+from dataloader.synthetic_rooms import ensure_synthetic_dataset
 
 # (variant, row name, input)
 ROWS = (('rgb_teacher', 'RGB teacher', 'RGB'), ('cmx', 'CMX baseline', 'RGB-D'), ('primkd', 'PrimKD student', 'RGB-D'))

@@ -27,7 +27,6 @@ import argparse
 import functools
 import multiprocessing
 import os
-import struct
 import sys
 from typing import NamedTuple
 
@@ -35,14 +34,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.conversion import DEPTH_ENCODINGS, InputError, read_depth_png
-from utils.hha import NYU_CAMERA, NYU_IMAGE_SIZE, check_camera, depth_to_hha
+from utils.conversion import DEPTH_ENCODINGS, ConversionError, read_depth_png
+from utils.depth_camera import (CAMERA_FLAGS, Camera, camera_from_flags, check_camera_fits, check_png_header,
+                                describe_camera, png_size)
+from utils.hha import NYU_CAMERA, NYU_IMAGE_SIZE, depth_to_hha
 from utils.io import atomic_write
-
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-PNG_GREY = 0
-CAMERA_FLAGS = ('fx', 'fy', 'cx', 'cy')
-
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
@@ -73,31 +69,6 @@ def get_args_parser():
     return parser
 
 
-def check_png_header(path):
-    """Raises InputError unless ``path`` starts like a 16-bit greyscale PNG (cheap: 26 bytes)."""
-    with open(path, 'rb') as f:
-        header = f.read(26)
-    if len(header) < 26 or not header.startswith(PNG_SIGNATURE) or header[12:16] != b'IHDR':
-        raise InputError(f'{path}: not a PNG file')
-    bit_depth, colour_type = header[24], header[25]
-    if bit_depth != 16 or colour_type != PNG_GREY:
-        raise InputError(f'{path}: expected a 16-bit greyscale depth PNG, got bit depth '
-                         f'{bit_depth} and PNG colour type {colour_type}')
-
-
-def png_size(path):
-    """(height, width) from the IHDR chunk of a PNG that check_png_header accepted."""
-    with open(path, 'rb') as f:
-        width, height = struct.unpack('>II', f.read(24)[16:24])
-    return height, width
-
-
-class Camera(NamedTuple):
-    matrix: np.ndarray          # 3x3 intrinsics
-    image_size: tuple           # (height, width) the intrinsics are limited to, or None
-    source: str                 # where they come from, for messages
-
-
 def camera_from_args(args):
     """All four of --fx --fy --cx --cy, or none of them for the NYU camera (480x640 images only).
     Half a camera is refused: the other values would silently be NYU's."""
@@ -106,27 +77,9 @@ def camera_from_args(args):
         return Camera(NYU_CAMERA, NYU_IMAGE_SIZE, 'the default NYU Depth V2 camera')
     if len(given) < len(CAMERA_FLAGS):
         absent = [f'--{flag}' for flag in CAMERA_FLAGS if getattr(args, flag) is None]
-        raise InputError(f"{' '.join(given)} without {' '.join(absent)}: give all four intrinsics, or none "
+        raise ConversionError(f"{' '.join(given)} without {' '.join(absent)}: give all four intrinsics, or none "
                               f"for the NYU Depth V2 camera (480x640 depth only)")
-    matrix = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
-    return Camera(matrix, None, '--fx --fy --cx --cy')
-
-
-def check_camera_fits(camera: Camera, path, size):
-    """The camera must fit the depth image at `path` of size (height, width)."""
-    if camera.image_size not in (None, size):
-        height, width = camera.image_size
-        raise InputError(f'{path}: {size[1]}x{size[0]} depth, but {camera.source} is for {width}x{height} '
-                              f'images: give this camera\'s --fx --fy --cx --cy')
-    try:
-        check_camera(camera.matrix, *size)
-    except ValueError as error:
-        raise InputError(f'{path}: {camera.source}: {error}') from None
-
-
-def describe_camera(camera: Camera):
-    fx, fy, cx, cy = camera.matrix[0, 0], camera.matrix[1, 1], camera.matrix[0, 2], camera.matrix[1, 2]
-    return f'camera: fx {fx:.2f}, fy {fy:.2f}, cx {cx:.2f}, cy {cy:.2f} ({camera.source})'
+    return camera_from_flags(args)
 
 
 class Settings(NamedTuple):
@@ -141,20 +94,20 @@ def plan_jobs(args, camera: Camera):
     still to do, and how many outputs were skipped because they exist."""
     for flag, folder in (('--depth-dir', args.depth_dir), ('--raw-dir', args.raw_dir)):
         if folder is not None and not os.path.isdir(folder):
-            raise InputError(f'{flag} {folder}: no such folder')
+            raise ConversionError(f'{flag} {folder}: no such folder')
     if not args.depth_scale > 0:
-        raise InputError(f'--depth-scale must be positive, got {args.depth_scale}')
+        raise ConversionError(f'--depth-scale must be positive, got {args.depth_scale}')
     if args.workers < 1:
-        raise InputError(f'--workers must be at least 1, got {args.workers}')
+        raise ConversionError(f'--workers must be at least 1, got {args.workers}')
     if not 0 <= args.quality <= 100:
-        raise InputError(f'--quality must be in 0..100, got {args.quality}')
+        raise ConversionError(f'--quality must be in 0..100, got {args.quality}')
     inputs = {os.path.realpath(args.depth_dir), os.path.realpath(args.raw_dir or args.depth_dir)}
     if os.path.realpath(args.out_dir) in inputs:
-        raise InputError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
+        raise ConversionError(f'--out-dir {args.out_dir} is an input folder: outputs would replace inputs')
 
     names = sorted(n for n in os.listdir(args.depth_dir) if n.lower().endswith('.png'))
     if not names:
-        raise InputError(f'--depth-dir {args.depth_dir}: no .png files')
+        raise ConversionError(f'--depth-dir {args.depth_dir}: no .png files')
     jobs, skipped = [], 0
     for name in names:
         depth_path = os.path.join(args.depth_dir, name)
@@ -163,7 +116,7 @@ def plan_jobs(args, camera: Camera):
         check_png_header(depth_path)
         if raw_path is not None:
             if not os.path.isfile(raw_path):
-                raise InputError(f'{raw_path}: raw depth for {depth_path} is missing')
+                raise ConversionError(f'{raw_path}: raw depth for {depth_path} is missing')
             check_png_header(raw_path)
         check_camera_fits(camera, depth_path, png_size(depth_path))
         if os.path.exists(out_path) and not args.overwrite:
@@ -180,14 +133,14 @@ def convert(job, settings: Settings):
     if raw_path is not None:
         raw = read_depth_png(raw_path, settings.depth_encoding)
         if raw.shape != depth.shape:
-            raise InputError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
+            raise ConversionError(f'{raw_path}: shape {raw.shape} differs from {depth_path} {depth.shape}')
         missing = raw == 0
     hha = depth_to_hha(depth / settings.depth_scale, missing, settings.camera)
     extension = os.path.splitext(out_path)[1]
     ok, encoded = cv2.imencode(extension, np.ascontiguousarray(hha[..., ::-1]),
                                (cv2.IMWRITE_JPEG_QUALITY, settings.quality) if extension == '.jpg' else ())
     if not ok:
-        raise InputError(f'{out_path}: {extension} encoding failed')
+        raise ConversionError(f'{out_path}: {extension} encoding failed')
     # An interrupted run never leaves a truncated file.
     atomic_write(out_path, encoded.tobytes(), durable=False)
 
@@ -197,7 +150,7 @@ def _convert_in_worker(job, settings: Settings):
     try:
         convert(job, settings)
         return None
-    except InputError as error:
+    except ConversionError as error:
         return str(error)
     except (ValueError, OSError) as error:
         return f'{job[0]}: {error}'
@@ -212,7 +165,7 @@ def main(argv=None):
     try:
         camera = camera_from_args(args)
         jobs, skipped = plan_jobs(args, camera)
-    except InputError as error:
+    except ConversionError as error:
         sys.exit(f'error: {error}')
     settings = Settings(args.depth_encoding, args.depth_scale, camera.matrix, args.quality)
     os.makedirs(args.out_dir, exist_ok=True)

@@ -28,7 +28,7 @@ from dataloader.dataset import DatasetError, RGBXDataset
 from dataloader.transforms import EvalTransform
 from engine.inference import (MIN_DYNAMIC_EXAMPLE_SIDE, ONNX_OPSET, InferenceError, OnnxNetwork, checkpoint_model,
                               export_onnx, logit_agreement, require_onnx_packages)
-from models.encoders.mit import LAST_STAGE_STRIDE
+from utils.constants import LAST_STAGE_STRIDE, MODES
 from utils.io import check_output_file
 
 MIN_AGREEMENT = 0.999
@@ -43,7 +43,7 @@ def get_args_parser():
                         help='checkpoint file (project or official layout), run directory, or '
                              'last | best | N in <log_dir>/<mode>/')
     parser.add_argument('--out', required=True, metavar='FILE', help='the ONNX file to write')
-    parser.add_argument('--mode', choices=('student', 'teacher'),
+    parser.add_argument('--mode', choices=MODES,
                         help="student (RGB + extra) or teacher (RGB); default: the checkpoint's own kind")
     parser.add_argument('--height', type=int, help="input height (default: the config's eval_crop_size)")
     parser.add_argument('--width', type=int, help="input width (default: the config's eval_crop_size)")

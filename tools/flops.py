@@ -1,6 +1,6 @@
 """Parameters and multiply-adds of the teacher or the student.
 
-    python tools/flops.py -c config/nyu_b4.py [--role teacher|student] [--size H W] [--opts ...]
+    python tools/flops.py -c config/nyu_b4.py [--mode teacher|student] [--size H W] [--opts ...]
 
 The teacher is the one that guides the student: of the config's teacher_backbone and
 teacher_modality (an RGB-X teacher is counted on RGB and the extra modality).
@@ -13,7 +13,7 @@ forward pass of batch size 1 in eval mode: convolutions and matrix products, att
 counter reports FLOPs = 2 x multiply-adds. Norms, activations, softmax, pooling and interpolation
 are not counted.
 
-The counting lives in utils/flops.py, which also supplies the formulas the counter lacks for fused
+The counting lives in utils/op_counts.py, which also supplies the formulas the counter lacks for fused
 attention kernels (on the CPU, `aten._scaled_dot_product_flash_attention_for_cpu`), so that the
 attention products are not silently counted as zero.
 """
@@ -23,25 +23,26 @@ import torch
 
 from config import add_config_args, config_from_args
 from models import build_model, build_teacher, teacher_backbone
-from utils.flops import count_macs, count_parameters
+from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
+from utils.op_counts import count_macs, count_parameters
 
 
 def main(argv=None):
     parser = add_config_args(argparse.ArgumentParser(
         description='Count the parameters and multiply-adds of the teacher or student.'))
-    parser.add_argument('--role', choices=('teacher', 'student'), default='student',
+    parser.add_argument('--mode', choices=MODES, default=STUDENT,
                         help='which model (default: %(default)s)')
     parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
                         help="input height and width (default: the config's image size)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser)
     height, width = args.size or (cfg.image_height, cfg.image_width)
-    if height < 32 or width < 32:
-        parser.error(f"--size must be at least 32 x 32 (the encoder's stride), "
+    if min(height, width) < LAST_STAGE_STRIDE:
+        parser.error(f"--size must be at least {LAST_STAGE_STRIDE} x {LAST_STAGE_STRIDE} (the encoder's stride), "
                      f"got {height} {width}")
 
     # The student is built with its training-only heads so that both figures can be shown.
-    if args.role == 'student':
+    if args.mode == 'student':
         model, description = build_model(cfg, 'student', distill=True).eval(), f"{cfg.backbone} student"
     else:
         model = build_teacher(cfg).eval()

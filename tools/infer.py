@@ -43,15 +43,14 @@ from engine.amp import AMP_DTYPES, autocast, resolve_amp
 from engine.evaluator import predict_probabilities
 from engine.inference import (InferenceError, OnnxNetwork, add_prediction_args, checkpoint_model,
                               network_input_shapes, require_onnx_packages)
-from models.encoders.mit import LAST_STAGE_STRIDE
-from tools.depth2hha import Camera, check_camera_fits, check_png_header
 from utils import conversion
+from utils.constants import LAST_STAGE_STRIDE, MODES
+from utils.depth_camera import CAMERA_FLAGS, Camera, camera_from_flags, check_camera_fits, check_png_header
 from utils.hha import CAMERA_PRESETS, inpainted_hha
 from utils.io import check_output_folder, write_json
 from utils.visualize import (colorize, depth_colormap, hstack_panels, legend, overlay,
                              to_label_png)
 
-CAMERA_FLAGS = ('fx', 'fy', 'cx', 'cy')
 DEFAULT_DEPTH_SCALE = 1000.0  # millimetres
 SUMMARY_FILE = 'summary.json'
 LEGEND_FILE = 'legend.png'
@@ -79,7 +78,7 @@ def get_args_parser():
                        help='checkpoint file (project or official layout), run directory, or '
                             'last | best | N in <log_dir>/<mode>/')
     model.add_argument('--onnx', metavar='FILE', help='ONNX file of tools/export.py, run by onnxruntime')
-    parser.add_argument('--mode', choices=('student', 'teacher'),
+    parser.add_argument('--mode', choices=MODES,
                         help="student (RGB + depth/HHA) or teacher (RGB); default: the model's own kind")
     parser.add_argument('--rgb', required=True, metavar='PATH', help='image file, folder or glob pattern')
     extra = parser.add_mutually_exclusive_group()
@@ -135,8 +134,7 @@ def camera_of(args) -> Camera:
     """The camera of --depth: a preset (for its own image size only) or the four intrinsics."""
     if args.camera is not None:
         return Camera(*CAMERA_PRESETS[args.camera], f'--camera {args.camera}')
-    matrix = np.array([[args.fx, 0.0, args.cx], [0.0, args.fy, args.cy], [0.0, 0.0, 1.0]])
-    return Camera(matrix, None, '--fx --fy --cx --cy')
+    return camera_from_flags(args)
 
 
 def prediction_settings(args, cfg, network):
@@ -169,8 +167,8 @@ def load_network(args, cfg, device):
         raise InputError(f'--amp {args.amp}: an ONNX model runs in the precision it was exported in')
     require_onnx_packages(('onnxruntime',))
     network = OnnxNetwork(args.onnx)
-    if args.mode is not None and network.role != args.mode:
-        raise InputError(f'--onnx {args.onnx} is a {network.role} model, but --mode {args.mode} asks for a '
+    if args.mode is not None and network.mode != args.mode:
+        raise InputError(f'--onnx {args.onnx} is a {network.mode} model, but --mode {args.mode} asks for a '
                          f'{args.mode} one')
     mismatches = network.config_mismatches(cfg)
     if mismatches:
@@ -178,7 +176,7 @@ def load_network(args, cfg, device):
     if network.num_classes not in (None, cfg.num_classes):
         raise InputError(f'--onnx {args.onnx} predicts {network.num_classes} classes but the config has '
                          f'num_classes={cfg.num_classes}')
-    return network, network.role, os.path.abspath(args.onnx)
+    return network, network.mode, os.path.abspath(args.onnx)
 
 
 def check_role_inputs(role, args, cfg):
@@ -243,7 +241,7 @@ def read_depth_metres(path, args):
     try:
         check_png_header(path)
         depth = conversion.read_depth_png(path, args.depth_encoding or 'plain')
-    except conversion.InputError as e:
+    except conversion.ConversionError as e:
         raise InputError(f'--depth {e}') from None
     return depth / (args.depth_scale or DEFAULT_DEPTH_SCALE)
 
@@ -274,7 +272,7 @@ def check_depth(sample, depth, camera):
     measured depth."""
     try:
         check_camera_fits(camera, sample.extra, depth.shape)
-    except conversion.InputError as e:
+    except conversion.ConversionError as e:
         raise InputError(f'--depth {e}') from None
     if not (depth > 0).any():
         raise InputError(f'--depth {sample.extra}: no pixel has a depth (all 0)')

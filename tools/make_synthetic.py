@@ -1,4 +1,4 @@
-"""Writes the synthetic RGB-D rooms of the demo (tools/synthetic_rooms.py) in the official layout.
+"""Writes the synthetic RGB-D rooms of the demo (dataloader/synthetic_rooms.py) in the official layout.
 
     python tools/make_synthetic.py --out datasets/Synthetic --num-train 200 --num-test 50 --seed 12345
     python tools/make_synthetic.py --out datasets/SyntheticNYULike --preset nyu_like --seed 12345
@@ -13,7 +13,7 @@ import time
 
 from tqdm import tqdm
 
-from tools.synthetic_rooms import CRATE_CUES, PANEL_CUES, PRESETS, make_synthetic_dataset
+from dataloader.synthetic_rooms import CRATE_CUES, PANEL_CUES, PRESETS, make_synthetic_dataset
 
 
 def get_args_parser():

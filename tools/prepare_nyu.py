@@ -28,7 +28,7 @@ import cv2
 import h5py
 import numpy as np
 
-from utils.conversion import InputError, load_mat_variable, run_parallel, unfinished, write_image, write_split
+from utils.conversion import ConversionError, load_mat_variable, run_parallel, unfinished, write_image, write_split
 from utils.hha import NYU_CAMERA, depth_to_hha
 
 ARRAYS = ('images', 'depths', 'rawDepths', 'labels')
@@ -63,24 +63,24 @@ def output_paths(out, index):
 
 
 def check_release(path):
-    """The number of images, and (height, width), of the labeled .mat; InputError if it is not the
+    """The number of images, and (height, width), of the labeled .mat; ConversionError if it is not the
     NYU release's layout."""
     if not os.path.isfile(path):
-        raise InputError(f"'{path}' does not exist")
+        raise ConversionError(f"'{path}' does not exist")
     if not h5py.is_hdf5(path):
-        raise InputError(f"'{path}' is not an HDF5 (MATLAB v7.3) file as nyu_depth_v2_labeled.mat is")
+        raise ConversionError(f"'{path}' is not an HDF5 (MATLAB v7.3) file as nyu_depth_v2_labeled.mat is")
     with h5py.File(path, 'r') as f:
         absent = [name for name in ARRAYS if name not in f]
         if absent:
-            raise InputError(f"'{path}' lacks the arrays {absent} (expected {list(ARRAYS)})")
+            raise ConversionError(f"'{path}' lacks the arrays {absent} (expected {list(ARRAYS)})")
         images = f['images'].shape
         if len(images) != 4 or images[1] != 3:
-            raise InputError(f"'{path}': 'images' has shape {images}, expected N x 3 x W x H")
+            raise ConversionError(f"'{path}': 'images' has shape {images}, expected N x 3 x W x H")
         count, _, width, height = images
         for name in ARRAYS[1:]:
             if f[name].shape != (count, width, height):
-                raise InputError(f"'{path}': '{name}' has shape {f[name].shape}, expected "
-                                 f"{(count, width, height)} to match 'images'")
+                raise ConversionError(f"'{path}': '{name}' has shape {f[name].shape}, expected "
+                                      f"{(count, width, height)} to match 'images'")
     return count, (height, width)
 
 
@@ -91,12 +91,12 @@ def check_splits(path, count):
         indices = load_mat_variable(path, name)
         integral = np.all(indices == np.round(indices))
         if indices.size == 0 or indices.min() < 1 or indices.max() > count or not integral:
-            raise InputError(f"'{path}': '{name}' must hold 1-based image indices in 1..{count}")
+            raise ConversionError(f"'{path}': '{name}' must hold 1-based image indices in 1..{count}")
         splits.append([int(i) for i in indices])
     overlap = sorted(set(splits[0]) & set(splits[1]))
     if overlap:
-        raise InputError(f"'{path}': {len(overlap)} indices are in both trainNdxs and testNdxs, "
-                         f"e.g. {overlap[:5]}")
+        raise ConversionError(f"'{path}': {len(overlap)} indices are in both trainNdxs and testNdxs, "
+                              f"e.g. {overlap[:5]}")
     return splits
 
 
@@ -105,8 +105,8 @@ def check_mapping(path):
     mapping = load_mat_variable(path, 'mapClass')
     integral = np.all(mapping == np.round(mapping))
     if mapping.size == 0 or mapping.min() < 0 or mapping.max() > 254 or not integral:
-        raise InputError(f"'{path}': 'mapClass' must hold integer classes in 0..254 "
-                         f"(1..40 for NYU-40)")
+        raise ConversionError(f"'{path}': 'mapClass' must hold integer classes in 0..254 "
+                              f"(1..40 for NYU-40)")
     return np.concatenate([[0], mapping]).astype(np.uint8)
 
 
@@ -118,8 +118,8 @@ def convert(images, depths, raw_depths, labels, index, mapping, raw_mask=False):
     missing = raw_depths[index - 1].T == 0 if raw_mask else None
     raw_label = labels[index - 1].T
     if raw_label.max() >= len(mapping):
-        raise InputError(f'image {index}: raw class {int(raw_label.max())} is beyond the '
-                         f'{len(mapping) - 1} classes of the mapping')
+        raise ConversionError(f'image {index}: raw class {int(raw_label.max())} is beyond the '
+                              f'{len(mapping) - 1} classes of the mapping')
     depth_mm = np.clip(np.rint(depth * 1000), 0, 65535).astype(np.uint16)
     return rgb, depth_mm, depth_to_hha(depth, missing=missing, camera=NYU_CAMERA), mapping[raw_label]
 
@@ -152,7 +152,7 @@ def main(args):
         count, (height, width) = check_release(args.mat)
         train, test = check_splits(args.splits, count)
         mapping = check_mapping(args.mapping)
-    except InputError as e:
+    except ConversionError as e:
         sys.exit(f'error: {e}')
     for folder in FOLDERS:
         os.makedirs(os.path.join(args.out, folder), exist_ok=True)
@@ -163,7 +163,7 @@ def main(args):
     state = (args.mat, args.out, mapping, args.quality, args.raw_mask)
     try:
         run_parallel(convert_and_write, todo, args.workers, init_worker, state, desc='images')
-    except InputError as e:
+    except ConversionError as e:
         sys.exit(f'error: {e}')
     write_split(os.path.join(args.out, 'train.txt'), map(item_name, train))
     write_split(os.path.join(args.out, 'test.txt'), map(item_name, test))

@@ -61,7 +61,7 @@ import cv2
 import h5py
 import numpy as np
 
-from utils.conversion import (InputError, load_mat_variable, read_depth_png, run_parallel, unfinished,
+from utils.conversion import (ConversionError, load_mat_variable, read_depth_png, run_parallel, unfinished,
                               write_image, write_split)
 from utils.hha import depth_to_hha
 from utils.io import atomic_write
@@ -120,17 +120,17 @@ def release_parts(path, source):
     ['kv1', 'NYUdata', 'NYU0001', 'image', 'NYU0001.jpg']: the components below SUNRGBD/."""
     parts = [part for part in path.split('/') if part]
     if RELEASE_ROOT not in parts:
-        raise InputError(f"'{source}': path {path!r} has no {RELEASE_ROOT}/ component")
+        raise ConversionError(f"'{source}': path {path!r} has no {RELEASE_ROOT}/ component")
     return parts[parts.index(RELEASE_ROOT) + 1:]
 
 
 def check_toolbox(toolbox):
-    """The three toolbox files; InputError naming every one that is absent."""
+    """The three toolbox files; ConversionError naming every one that is absent."""
     paths = [os.path.join(toolbox, name) for name in (META_FILE, SEGMENTATION_FILE, SPLIT_FILE)]
     absent = [os.path.relpath(path, toolbox) for path in paths if not os.path.isfile(path)]
     if absent:
-        raise InputError(f"--toolbox '{toolbox}' lacks {', '.join(absent)} (expected the "
-                         f"SUNRGBDtoolbox folder of SUNRGBDtoolbox.zip)")
+        raise ConversionError(f"--toolbox '{toolbox}' lacks {', '.join(absent)} (expected the "
+                              f"SUNRGBDtoolbox folder of SUNRGBDtoolbox.zip)")
     return paths
 
 
@@ -140,16 +140,16 @@ def read_metadata(path):
     meta = load_mat_variable(path, 'SUNRGBDMeta')
     fields = meta.dtype.names or ()
     if 'rgbpath' not in fields or 'depthpath' not in fields:
-        raise InputError(f"'{path}': 'SUNRGBDMeta' has no fields rgbpath and depthpath "
-                         f"(has {list(fields)}); expected the toolbox's struct array")
+        raise ConversionError(f"'{path}': 'SUNRGBDMeta' has no fields rgbpath and depthpath "
+                              f"(has {list(fields)}); expected the toolbox's struct array")
     entries = []
     for rgb_path, depth_path in zip(meta['rgbpath'], meta['depthpath']):
         rgb = release_parts(mat_text(rgb_path), path)
         depth = release_parts(mat_text(depth_path), path)
         if rgb[-2:-1] != ['image'] or depth[-2:-1] != ['depth'] or rgb[:-2] != depth[:-2]:
-            raise InputError(f"'{path}': entry {len(entries) + 1} has rgbpath {mat_text(rgb_path)!r} and "
-                             f"depthpath {mat_text(depth_path)!r}; expected FOLDER/image/NAME and "
-                             f"FOLDER/depth/NAME")
+            raise ConversionError(f"'{path}': entry {len(entries) + 1} has rgbpath {mat_text(rgb_path)!r} and "
+                                  f"depthpath {mat_text(depth_path)!r}; expected FOLDER/image/NAME and "
+                                  f"FOLDER/depth/NAME")
         folder = '/'.join(rgb[:-2])
         entries.append((folder, f'{folder}/image/{rgb[-1]}', f'{folder}/depth_bfx/{depth[-1]}'))
     return entries
@@ -161,25 +161,25 @@ def read_split(path):
     for name in ('alltrain', 'alltest'):
         folders = ['/'.join(release_parts(mat_text(cell), path)) for cell in load_mat_variable(path, name)]
         if not folders:
-            raise InputError(f"'{path}': '{name}' is empty")
+            raise ConversionError(f"'{path}': '{name}' is empty")
         splits.append(folders)
     both = sorted(set(splits[0]) & set(splits[1]))
     if both:
-        raise InputError(f"'{path}': {len(both)} folders are in both alltrain and alltest, e.g. '{both[0]}'")
+        raise ConversionError(f"'{path}': {len(both)} folders are in both alltrain and alltest, e.g. '{both[0]}'")
     return splits
 
 
 def check_labels(path, count):
-    """InputError unless the file holds SUNRGBD2Dseg/seglabel with one reference per image."""
+    """ConversionError unless the file holds SUNRGBD2Dseg/seglabel with one reference per image."""
     if not h5py.is_hdf5(path):
-        raise InputError(f"'{path}' is not an HDF5 (MATLAB v7.3) file as the toolbox's SUNRGBD2Dseg.mat is")
+        raise ConversionError(f"'{path}' is not an HDF5 (MATLAB v7.3) file as the toolbox's SUNRGBD2Dseg.mat is")
     with h5py.File(path, 'r') as f:
         references = f.get(LABEL_REFERENCES)
         if not isinstance(references, h5py.Dataset) or h5py.check_dtype(ref=references.dtype) is not h5py.Reference:
-            raise InputError(f"'{path}' has no '{LABEL_REFERENCES}' (object references to the labels)")
+            raise ConversionError(f"'{path}' has no '{LABEL_REFERENCES}' (object references to the labels)")
         if references.size != count:
-            raise InputError(f"'{path}': '{LABEL_REFERENCES}' has {references.size} labels, but "
-                             f"SUNRGBDMeta.mat {count} images")
+            raise ConversionError(f"'{path}': '{LABEL_REFERENCES}' has {references.size} labels, but "
+                                  f"SUNRGBDMeta.mat {count} images")
 
 
 def read_intrinsics(path):
@@ -194,25 +194,25 @@ def read_intrinsics(path):
     if camera is None or not (np.isfinite(camera).all() and camera[0, 0] > 0 and camera[1, 1] > 0
                               and np.array_equal(camera[2], [0, 0, 1])):
         shown = ' '.join(text.split())
-        raise InputError(f"'{path}': expected the camera matrix as 9 numbers 'fx 0 cx 0 fy cy 0 0 1' "
-                         f"with fx, fy > 0, got {shown[:80]!r}")
+        raise ConversionError(f"'{path}': expected the camera matrix as 9 numbers 'fx 0 cx 0 fy cy 0 0 1' "
+                              f"with fx, fy > 0, got {shown[:80]!r}")
     return camera
 
 
 def plan_images(release, entries, train, test):
-    """The Image records of the train and test folders, in split order; InputError if the split
+    """The Image records of the train and test folders, in split order; ConversionError if the split
     names a folder that the metadata lacks, or an image of the metadata is in neither split."""
     position = {folder: index for index, (folder, _, _) in enumerate(entries)}
     if len(position) != len(entries):
-        raise InputError(f"{META_FILE} lists {len(entries) - len(position)} image folders more than once")
+        raise ConversionError(f"{META_FILE} lists {len(entries) - len(position)} image folders more than once")
     unknown = [folder for folder in train + test if folder not in position]
     if unknown:
-        raise InputError(f"{SPLIT_FILE} names {len(unknown)} folders that {META_FILE} lacks, "
-                         f"e.g. '{unknown[0]}'")
+        raise ConversionError(f"{SPLIT_FILE} names {len(unknown)} folders that {META_FILE} lacks, "
+                              f"e.g. '{unknown[0]}'")
     unsplit = sorted(set(position) - set(train) - set(test))
     if unsplit:
-        raise InputError(f"{len(unsplit)} images of {META_FILE} are in neither alltrain nor alltest "
-                         f"of {SPLIT_FILE}, e.g. '{unsplit[0]}'")
+        raise ConversionError(f"{len(unsplit)} images of {META_FILE} are in neither alltrain nor alltest "
+                              f"of {SPLIT_FILE}, e.g. '{unsplit[0]}'")
 
     def image(folder):
         index = position[folder]
@@ -223,28 +223,29 @@ def plan_images(release, entries, train, test):
 
 
 def check_release_files(release, images):
-    """InputError (one line) for the first kind of problem found: missing image folders, images,
+    """ConversionError (one line) for the first kind of problem found: missing image folders, images,
     in-filled depth or intrinsics, or a malformed intrinsics.txt. Returns {name: camera matrix}."""
     absent = [image.folder for image in images if not os.path.isdir(os.path.join(release, image.folder))]
     if absent and len(absent) == len(images):
-        raise InputError(f"--sunrgbd '{release}' holds none of the image folders of {META_FILE}, e.g. "
-                         f"'{absent[0]}': expected the SUNRGBD folder of SUNRGBD.zip (kv1/ kv2/ realsense/ xtion/)")
+        raise ConversionError(f"--sunrgbd '{release}' holds none of the image folders of {META_FILE}, "
+                              f"e.g. '{absent[0]}': expected the SUNRGBD folder of SUNRGBD.zip "
+                              f"(kv1/ kv2/ realsense/ xtion/)")
     if absent:
-        raise InputError(f"{len(absent)} of {len(images)} image folders are missing from --sunrgbd "
-                         f"'{release}', e.g. '{absent[0]}'")
+        raise ConversionError(f"{len(absent)} of {len(images)} image folders are missing from --sunrgbd "
+                              f"'{release}', e.g. '{absent[0]}'")
     for field, what in (('rgb', 'image'), ('depth', 'in-filled depth'), ('intrinsics', 'intrinsics.txt')):
         absent = [getattr(image, field) for image in images if not os.path.isfile(getattr(image, field))]
         if absent:
-            raise InputError(f"{len(absent)} of {len(images)} images have no {what}: '{absent[0]}' does not exist")
+            raise ConversionError(f"{len(absent)} of {len(images)} images have no {what}: '{absent[0]}' does not exist")
     return {image.name: read_intrinsics(image.intrinsics) for image in images}
 
 
 def read_label(labels_file, references, image):
-    """The image's 37-class label as uint8 H x W; InputError if it is not one."""
+    """The image's 37-class label as uint8 H x W; ConversionError if it is not one."""
     label = labels_file[references[image.index]][()].T
     if label.ndim != 2 or not np.all((label >= 0) & (label <= NUM_CLASSES) & (label == np.round(label))):
-        raise InputError(f"{LABEL_REFERENCES}[{image.index}] (image {image.name}, '{image.folder}'): "
-                         f"expected a 2-D label of integers in 0..{NUM_CLASSES}")
+        raise ConversionError(f"{LABEL_REFERENCES}[{image.index}] (image {image.name}, '{image.folder}'): "
+                              f"expected a 2-D label of integers in 0..{NUM_CLASSES}")
     return label.astype(np.uint8)
 
 
@@ -254,12 +255,12 @@ def convert(image, camera, labels_file, references):
         jpeg = f.read()
     rgb = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if rgb is None:
-        raise InputError(f"'{image.rgb}' cannot be decoded as an image")
+        raise ConversionError(f"'{image.rgb}' cannot be decoded as an image")
     depth_mm = np.minimum(read_depth_png(image.depth, 'sun-rgbd'), MAX_DEPTH_MM)
     label = read_label(labels_file, references, image)
     if not rgb.shape[:2] == depth_mm.shape == label.shape:
-        raise InputError(f"image {image.name} ('{image.folder}'): image {rgb.shape[:2]}, depth "
-                         f"{depth_mm.shape} and label {label.shape} differ in size (height, width)")
+        raise ConversionError(f"image {image.name} ('{image.folder}'): image {rgb.shape[:2]}, depth "
+                              f"{depth_mm.shape} and label {label.shape} differ in size (height, width)")
     hha = depth_to_hha(depth_mm / 1000.0, camera=camera)
     return jpeg, depth_mm, hha, label
 
@@ -298,9 +299,10 @@ def sensor_table(train, test):
 def prepare(args):
     """Every check before work: the (train, test) Image lists and {name: camera matrix}."""
     if args.workers < 1 or not 0 <= args.quality <= 100:
-        raise InputError(f'--workers must be >= 1 and --quality in 0..100, got {args.workers} and {args.quality}')
+        raise ConversionError(f'--workers must be >= 1 and --quality in 0..100, got {args.workers} and {args.quality}')
     if not os.path.isdir(args.sunrgbd):
-        raise InputError(f"--sunrgbd '{args.sunrgbd}' is not a folder (expected the SUNRGBD folder of SUNRGBD.zip)")
+        raise ConversionError(f"--sunrgbd '{args.sunrgbd}' is not a folder "
+                              f"(expected the SUNRGBD folder of SUNRGBD.zip)")
     meta_path, labels_path, split_path = check_toolbox(args.toolbox)
     entries = read_metadata(meta_path)
     check_labels(labels_path, len(entries))
@@ -313,7 +315,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
         labels_path, train, test, cameras = prepare(args)
-    except InputError as e:
+    except ConversionError as e:
         sys.exit(f'error: {e}')
     for folder in FOLDERS:
         os.makedirs(os.path.join(args.out, folder), exist_ok=True)
@@ -324,7 +326,7 @@ def main(argv=None):
     state = (labels_path, args.out, cameras, args.quality)
     try:
         run_parallel(convert_and_write, todo, args.workers, init_worker, state, desc='images')
-    except InputError as e:
+    except ConversionError as e:
         sys.exit(f'error: {e}')
     write_split(os.path.join(args.out, 'train.txt'), [image.name for image in train])
     write_split(os.path.join(args.out, 'test.txt'), [image.name for image in test])

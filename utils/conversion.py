@@ -15,26 +15,27 @@ from utils.io import atomic_write
 DEPTH_ENCODINGS = ('plain', 'sun-rgbd')
 
 
-class InputError(ValueError):
-    """An input is absent or does not hold what the release holds; the message names it."""
+class ConversionError(ValueError):
+    """An input of a data conversion (a release file, a depth image, a flag) is absent or does not
+    hold what it should; the message names it."""
 
 
 def load_mat_variable(path, name):
     """One variable of a MATLAB file, v5 (scipy) or v7.3 (HDF5, numeric arrays only), as a flat array."""
     if not os.path.isfile(path):
-        raise InputError(f"'{path}' does not exist")
+        raise ConversionError(f"'{path}' does not exist")
     try:
         variables = scipy.io.loadmat(path, variable_names=[name])
     except NotImplementedError:  # v7.3
         with h5py.File(path, 'r') as f:
             if name in f and not isinstance(f[name], h5py.Dataset):
-                raise InputError(f"'{path}': '{name}' is a struct or cell of a MATLAB v7.3 file, which "
-                                 f"this reader does not take (expected the release's file)") from None
+                raise ConversionError(f"'{path}': '{name}' is a struct or cell of a MATLAB v7.3 file, which "
+                                      f"this reader does not take (expected the release's file)") from None
             variables = {name: f[name][()]} if name in f else {}
     except ValueError as e:
-        raise InputError(f"'{path}' is not a MATLAB file: {e}") from e
+        raise ConversionError(f"'{path}' is not a MATLAB file: {e}") from e
     if name not in variables:
-        raise InputError(f"'{path}' has no variable '{name}'")
+        raise ConversionError(f"'{path}' has no variable '{name}'")
     return np.asarray(variables[name]).ravel()
 
 
@@ -44,10 +45,10 @@ def read_depth_png(path, encoding='plain'):
     by 3, which gives millimetres."""
     depth = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if depth is None:
-        raise InputError(f'{path}: cannot be read as an image (corrupt PNG?)')
+        raise ConversionError(f'{path}: cannot be read as an image (corrupt PNG?)')
     if depth.dtype != np.uint16 or depth.ndim != 2:
-        raise InputError(f'{path}: expected a 16-bit single-channel depth PNG, got '
-                         f'{depth.dtype} with shape {depth.shape}')
+        raise ConversionError(f'{path}: expected a 16-bit single-channel depth PNG, got '
+                              f'{depth.dtype} with shape {depth.shape}')
     if encoding == 'sun-rgbd':
         depth = (depth >> 3) | (depth << 13)  # uint16: the bits shifted out on the left are dropped
     return depth

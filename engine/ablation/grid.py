@@ -11,9 +11,9 @@ import sys
 import time
 
 from config import REPO_ROOT, ConfigError, load_config, parse_overrides
-from tools.synthetic_rooms import ensure_synthetic_dataset
+from dataloader.synthetic_rooms import ensure_synthetic_dataset
 from engine import run_dir as rd
-import train
+from engine.cli import resolve_train_config, train_args_parser
 from models.distill import feature_term_on, kl_term_on
 from utils.io import write_json
 
@@ -64,14 +64,14 @@ def file_sha256(path):
 def resolved_config(config, mode, flags, teacher, opts):
     """The config train.py runs with these arguments (its own parser and resolution); GridError for
     anything train.py would reject."""
-    parser = train.get_args_parser()
+    parser = train_args_parser()
 
     def reject(message):
         raise GridError(message)
     parser.error = reject
     argv = ['--config', config, '--mode', mode, *flags, *(['--teacher', teacher] if teacher else []),
             '--opts', *opts]
-    return train.resolve_config(parser.parse_args(argv), parser)
+    return resolve_train_config(parser.parse_args(argv), parser)
 
 
 def teacher_of(variant, seed, cells, external):
@@ -234,7 +234,7 @@ def run_grid(cells, rerun_changed=False, on_cell_done=None):
 
 def check_dataset(cfg):
     """The grid trains on one dataset for every cell: a synthetic config's data is generated once
-    (tools/synthetic_rooms.ensure_synthetic_dataset, from its synthetic_seed, never a cell's seed);
+    (dataloader/synthetic_rooms.ensure_synthetic_dataset, from its synthetic_seed, never a cell's seed);
     any other must exist."""
     try:
         ensure_synthetic_dataset(cfg)

@@ -10,8 +10,10 @@ from typing import List
 import torch
 import torch.nn as nn
 
+from utils.constants import NUM_STAGES
+
 from .fusion import FeatureFusionModule, FeatureRectifyModule
-from .mit import NUM_STAGES, create_mit_branch, forward_stage, init_mit_weights, mit_size
+from .mit import create_mit_branch, forward_stage, init_mit_weights, mit_size
 
 
 class DualMiTEncoder(nn.Module):

@@ -14,10 +14,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models.pvt_v2 import PyramidVisionTransformerV2
 
-NUM_STAGES = 4
-# Stage i works at stride 4 * 2**i. An input needs this many pixels on each side to reach the last
-# stage (the spatial-reduction convolutions would otherwise be larger than their input).
-LAST_STAGE_STRIDE = 4 * 2 ** (NUM_STAGES - 1)
+from utils.constants import NUM_STAGES
 
 
 @dataclass(frozen=True)
