@@ -97,7 +97,7 @@ def base_config() -> EasyDict:
     C.distillation_beta = 0.1        # weight of the selected feature term
     C.distillation_flag = 1          # 1: KL(teacher || student), 0: KL(student || teacher)
     # Not in the paper, off by default: > 0 keeps the KL term only on pixels where the teacher's top
-    # class probability reaches this value (see README, "Does distillation help?").
+    # class probability reaches this value (see docs/configuration.md).
     C.distillation_kl_confidence = 0.0
     C.distillation_single = 1        # 1: the KL term is on
     C.lambda_mask = 0.75             # mask_hint: probability of keeping a position

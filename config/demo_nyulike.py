@@ -3,7 +3,7 @@
 The same model and recipe as config/demo.py, on datasets/SyntheticNYULike (generated when absent),
 where panels and posters differ in appearance as well as depth and the depth is poor (noise of 50%,
 holes over up to 95% of an image), so that the RGB-only model reaches most of the RGB-D baseline's
-mIoU (see the "Synthetic rooms" paragraph of README.md for the presets and their measured ratios).
+mIoU (see docs/data.md, "Synthetic rooms", for the presets and their measured ratios).
 """
 from config.demo import demo_config
 

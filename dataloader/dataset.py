@@ -37,7 +37,7 @@ from .transforms import EvalTransform, TrainTransform
 DEPTH_PNG_MAX_MM = 10000        # 16-bit single-channel files: 0..10 m -> 0..255
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 LISTED_PROBLEMS = 20            # how many offending files an error message lists
-DATA_HELP = "see README.md, section 'Data preparation'"
+DATA_HELP = "see docs/data.md"
 # Config keys holding the number of items of each split (None: the split file's length).
 SIZE_KEYS = {'train': 'num_train_imgs', 'val': 'num_eval_imgs'}
 # How a complete file of each format starts and ends: the JPEG end-of-image marker, the PNG IEND

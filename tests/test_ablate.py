@@ -255,7 +255,7 @@ def test_a_missing_dataset_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablate_tool.main(parser.parse_args(argv), parser)
     err = capsys.readouterr().err
-    assert 'does not exist (config key dataset_path)' in err and 'Data preparation' in err
+    assert 'does not exist (config key dataset_path)' in err and 'docs/data.md' in err
     assert not os.path.exists(tmp_path / 'grid')
 
 

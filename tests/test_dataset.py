@@ -237,7 +237,7 @@ def test_absent_dataset_folder_points_at_the_readme(tmp_path):
     with pytest.raises(DatasetError) as error:
         RGBXDataset(make_cfg(missing), 'train')
     assert str(missing) in str(error.value)
-    assert "README.md, section 'Data preparation'" in str(error.value)
+    assert 'docs/data.md' in str(error.value)
 
 
 def test_size_mismatch_names_the_files(dataset_root):

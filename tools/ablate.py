@@ -34,6 +34,21 @@ its final checkpoint (never the best one: the validation split is the test split
 is the last checkpoint of its teacher variant's cell of the same seed, or with --teacher PATH that file
 for every variant taught by rgb_teacher (then no rgb_teacher cells are trained). Cells run seed by
 seed, teachers first; the reference variant (--reference, default cmx) is always part of the grid.
+
+Everything goes under --out DIR (default log/ablate/<config name>/): DIR/<variant>/seed<N>/ is a cell's
+log_dir (its run directory is DIR/<variant>/seed<N>/<mode>/) and holds cell.json (what the cell is:
+config, flags, opts, seed, resolved config, teacher) and result.json (val.py's figures).
+DIR/table.md, DIR/results.json and DIR/curves.png hold the comparison (engine/ablation/report.py): per
+variant the mean ± sd over the seeds of the test mIoU of the last checkpoint and of the best epoch on
+the test split (the official code's selection; --opts eval_step=1 evaluates every epoch, as there),
+best - last, the paired differences to the reference under both with 95% Student-t intervals over
+seeds, with --bootstrap also a percentile bootstrap over the test images, the per-class IoU
+differences, every cell's learning curve and confusion matrix, the schedule rule, and the commands
+that reproduce each cell.
+
+Running the same command again skips finished cells and continues unfinished ones. A cell whose
+recorded cell.json differs from what the command asks for now is refused, naming the difference;
+--rerun-changed deletes such cells and runs them again.
 """
 import argparse
 import os

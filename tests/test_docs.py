@@ -1,0 +1,245 @@
+"""The manual (README.md and docs/*.md) against the code and the measurements.
+
+What is checked, for every command of every fenced ```bash block:
+* the script it runs exists (train.sh / val.sh / test.sh, a `python SCRIPT.py`, a `python -m MODULE`),
+  and so does every `config/*.py` it names;
+* every flag it passes (`--name`, `-x`) appears in that script's `--help` (one `--help` per script,
+  cached). `bash train.sh` and `bash val.sh` pass their flags to train.py / val.py; `bash train.sh
+  config/demo.py` without `--mode` runs tools/demo.py. Flags of `bash test.sh` are pytest's and are
+  not checked; commands of other programs (pip, pip-compile, tensorboard) are only listed in
+  EXTERNAL_PROGRAMS, so a new kind of command fails until it is looked at.
+
+What is run (RUN_COMMANDS): the commands that take seconds and need neither data, weights nor a
+trained checkpoint -- printing a resolved config and generating the synthetic rooms (into a temporary
+folder instead of datasets/). Every other command trains, evaluates or converts real data, needs
+files that are not in git (datasets, pretrained weights, checkpoints) or takes minutes, so it is only
+checked as above.
+
+Also: the README stays at most README_MAX_LINES lines, relative links and their #anchors resolve,
+backticked repository paths exist, and the figures the README quotes from benchmarks/ match the files.
+"""
+import functools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from config import REPO_ROOT
+
+README_MAX_LINES = 200
+DOC_FILES = ['README.md'] + sorted(os.path.join('docs', name) for name in os.listdir(os.path.join(REPO_ROOT, 'docs'))
+                                   if name.endswith('.md'))
+# Pages other engineers write; links to them are checked once they exist.
+PENDING_PAGES = {'docs/architecture.md', 'docs/robustness.md', 'docs/gpu_check.md'}
+EXTERNAL_PROGRAMS = {'pip', '.venv/bin/pip-compile', 'tensorboard'}
+PYTHONS = {'python', 'python3', '.venv/bin/python'}
+LAUNCHERS = {'train.sh': 'train.py', 'val.sh': 'val.py', 'tools/gpu_check.sh': 'tools/gpu_check.py'}
+# Commands of the docs that the test runs, as written there; {tmp} replaces an output folder.
+RUN_COMMANDS = {
+    'python -m config config/nyu_b4.py': None,
+    'python -m config config/nyu_b2.py --opts lr=1e-4': None,
+    '.venv/bin/python tools/make_synthetic.py --out datasets/Synthetic --num-train 200 --num-test 50 --seed 12345':
+        ('datasets/Synthetic', '{tmp}/Synthetic'),
+}
+
+
+def read(path):
+    with open(os.path.join(REPO_ROOT, path), encoding='utf-8') as f:
+        return f.read()
+
+
+def bash_blocks(text):
+    return re.findall(r'^```bash\n(.*?)^```', text, flags=re.S | re.M)
+
+
+def doc_commands():
+    """[(doc file, command text, tokens)] for every command of every ```bash block."""
+    commands = []
+    for doc in DOC_FILES:
+        for block in bash_blocks(read(doc)):
+            for line in block.replace('\\\n', ' ').splitlines():
+                tokens = shlex.split(line, comments=True)
+                command = []
+                for token in tokens + ['&&']:
+                    if token in ('&&', ';', '||'):
+                        if command:
+                            commands.append((doc, shlex.join(command), command))
+                        command = []
+                    else:
+                        command.append(token)
+    return commands
+
+
+def strip_env(tokens):
+    tokens = list(tokens)
+    while tokens and re.fullmatch(r'[A-Z_][A-Z0-9_]*=\S*', tokens[0]):
+        tokens.pop(0)
+    return tokens
+
+
+def target(tokens):
+    """(kind, script, arguments): kind 'script' (a file run with python), 'module' (python -m),
+    'pytest' (test.sh) or 'external'."""
+    tokens = strip_env(tokens)
+    program, rest = tokens[0], tokens[1:]
+    if program == 'bash':
+        launcher, args = rest[0], rest[1:]
+        assert os.path.isfile(os.path.join(REPO_ROOT, launcher)), launcher
+        if launcher == 'test.sh':
+            return 'pytest', launcher, args
+        script = LAUNCHERS[launcher]
+        if launcher == 'train.sh' and args[:1] == ['config/demo.py'] and '--mode' not in args:
+            script = 'tools/demo.py'
+        return 'script', script, args
+    if program in PYTHONS:
+        if rest[0] == '-m':
+            return 'module', rest[1], rest[2:]
+        if rest[0] == '-c':
+            return 'external', program, rest
+        return 'script', rest[0], rest[1:]
+    return 'external', program, rest
+
+
+def flags(args):
+    found = []
+    for arg in args:
+        arg = arg.strip('[]')
+        if re.match(r'--?[A-Za-z]', arg):
+            found.append(arg.split('=', 1)[0])
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def help_text(kind, script):
+    command = [sys.executable] + (['-m', script] if kind == 'module' else [script]) + ['--help']
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f'{" ".join(command)} failed:\n{result.stderr[-2000:]}'
+    return result.stdout
+
+
+COMMANDS = doc_commands()
+
+
+def test_readme_is_short():
+    lines = read('README.md').count('\n')
+    assert lines <= README_MAX_LINES, f'README.md has {lines} lines; move content to docs/ (at most {README_MAX_LINES})'
+
+
+def test_docs_have_commands():
+    assert len(COMMANDS) > 40
+    assert {doc for doc, _, _ in COMMANDS} >= {'README.md', 'docs/training.md', 'docs/evaluation.md'}
+
+
+@pytest.mark.parametrize('doc, command, tokens', COMMANDS, ids=[f'{d}: {c[:60]}' for d, c, _ in COMMANDS])
+def test_command_names_existing_files(doc, command, tokens):
+    kind, script, args = target(tokens)
+    if kind == 'external':
+        assert script in EXTERNAL_PROGRAMS, f'{doc}: unknown program in `{command}`'
+        return
+    if kind == 'script':
+        assert os.path.isfile(os.path.join(REPO_ROOT, script)), f'{doc}: `{command}`: no {script}'
+    if kind == 'module':
+        assert os.path.exists(os.path.join(REPO_ROOT, *script.split('.'))), f'{doc}: no module {script}'
+    for arg in args:
+        if re.fullmatch(r'config/\w+\.py', arg):
+            assert os.path.isfile(os.path.join(REPO_ROOT, arg)), f'{doc}: `{command}`: no {arg}'
+
+
+def _flag_cases():
+    by_script = {}
+    for doc, command, tokens in COMMANDS:
+        kind, script, args = target(tokens)
+        if kind in ('script', 'module'):
+            by_script.setdefault((kind, script), []).append((doc, command, flags(args)))
+    return sorted(by_script.items())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize('script, uses', _flag_cases(), ids=[s for (_, s), _ in _flag_cases()])
+def test_flags_are_accepted(script, uses):
+    text = help_text(*script)
+    for doc, command, used in uses:
+        for flag in used:
+            assert re.search(rf'(?<![\w-]){re.escape(flag)}(?![\w-])', text), \
+                f'{doc}: `{command}`: {script[1]} --help has no {flag}'
+
+
+def test_run_commands_are_in_the_docs():
+    written = {command for _, command, _ in COMMANDS}
+    for command in RUN_COMMANDS:
+        assert shlex.join(shlex.split(command)) in written, f'not in the docs any more: {command}'
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize('command', list(RUN_COMMANDS))
+def test_cheap_commands_run(command, tmp_path):
+    replace = RUN_COMMANDS[command]
+    if replace:
+        command = command.replace(replace[0], replace[1].format(tmp=tmp_path))
+    tokens = shlex.split(command)
+    if tokens[0] in PYTHONS:
+        tokens[0] = sys.executable
+    result = subprocess.run(tokens, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f'`{command}` failed:\n{result.stdout[-1000:]}\n{result.stderr[-2000:]}'
+    if 'make_synthetic' in command:
+        folder = tmp_path / 'Synthetic'
+        assert len((folder / 'train.txt').read_text().split()) == 200
+        assert len((folder / 'test.txt').read_text().split()) == 50
+    else:
+        assert 'lr' in result.stdout
+
+
+def slug(heading):
+    """GitHub's anchor of a heading."""
+    text = re.sub(r'[`*_]', '', heading.strip().lower())
+    return re.sub(r'[^\w\- ]', '', text).replace(' ', '-')
+
+
+def anchors(path):
+    return {slug(h) for h in re.findall(r'^#+ (.*)$', read(path), flags=re.M)}
+
+
+def without_code(text):
+    return re.sub(r'^```.*?^```', '', text, flags=re.S | re.M)
+
+
+@pytest.mark.parametrize('doc', DOC_FILES)
+def test_links_resolve(doc):
+    for link in re.findall(r'\]\(([^)\s]+)\)', without_code(read(doc))):
+        if re.match(r'[a-z]+://', link):
+            continue
+        path, _, anchor = link.partition('#')
+        target_path = os.path.normpath(os.path.join(os.path.dirname(doc), path)) if path else doc
+        if target_path in PENDING_PAGES and not os.path.exists(os.path.join(REPO_ROOT, target_path)):
+            continue
+        assert os.path.exists(os.path.join(REPO_ROOT, target_path)), f'{doc}: broken link {link}'
+        if anchor and target_path.endswith('.md'):
+            assert anchor in anchors(target_path), f'{doc}: no heading #{anchor} in {target_path}'
+
+
+REPO_PATH = re.compile(r'(?:config|tools|models|engine|utils|dataloader|benchmarks|tests|docs)/[\w./-]*')
+
+
+@pytest.mark.parametrize('doc', DOC_FILES)
+def test_backticked_paths_exist(doc):
+    for code in re.findall(r'`([^`\n]+)`', without_code(read(doc))):
+        for token in code.split():
+            if not REPO_PATH.fullmatch(token) or re.search(r'[A-Z]{3,}', token):
+                continue
+            if token in PENDING_PAGES:
+                continue
+            assert os.path.exists(os.path.join(REPO_ROOT, token)), f'{doc}: `{token}` does not exist'
+
+
+@pytest.mark.parametrize('grid', ['ablate_depth_decisive', 'ablate_nyu_like'])
+def test_readme_figures_match_benchmarks(grid):
+    with open(os.path.join(REPO_ROOT, 'benchmarks', f'{grid}.json')) as f:
+        difference = json.load(f)['variants']['primkd']['difference']
+    quoted = f"{difference['mean']:.1f} mIoU ([{difference['low']:.1f}, {difference['high']:.1f}])"
+    quoted_short = f"{difference['mean']:.1f} ([{difference['low']:.1f}, {difference['high']:.1f}])"
+    readme = ' '.join(read('README.md').split())
+    assert quoted in readme or quoted_short in readme, f'README.md does not quote benchmarks/{grid}.json: {quoted}'
