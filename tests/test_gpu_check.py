@@ -29,7 +29,9 @@ def clean_env(**extra):
     env = {k: v for k, v in os.environ.items()
            if k not in ('NNODES', 'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'PRIMKD_TORCHRUN',
                         'GPU_CHECK_REHEARSE', 'TORCHELASTIC_RUN_ID')}
-    return {**env, 'PRIMKD_NO_VENV': '1', 'OMP_NUM_THREADS': '1', **extra}
+    # PRIMKD_NO_VENV=1 runs the `python` on PATH: this interpreter's, as CI's PATH need not hold one
+    path = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
+    return {**env, 'PRIMKD_NO_VENV': '1', 'OMP_NUM_THREADS': '1', 'PATH': path, **extra}
 
 
 def run(command, env, timeout=120):

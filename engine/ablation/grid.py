@@ -243,7 +243,7 @@ def check_dataset(cfg):
     split = os.path.join(cfg.dataset_path, cfg.train_source)
     if not os.path.isfile(split):
         raise GridError(f"no dataset: '{split}' does not exist (config key dataset_path); prepare it as "
-                        f"README.md, \"Data preparation\", says")
+                        f"docs/data.md says")
 
 
 def plan_grid(config, requested, seeds, out, opts, reference='cmx', teacher_file=None, variants=None):
