@@ -32,7 +32,7 @@ from engine import distributed as du
 from engine import run_dir as rd
 from engine.amp import resolve_amp
 from engine.evaluator import evaluate, saved_predictions
-from engine.inference import add_prediction_args
+from engine.inference import InferenceError, add_prediction_args, prediction_options
 from engine.run_spec import RunSpec
 from models.weight_layouts import CheckpointError, load_checkpoint
 from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
@@ -142,7 +142,7 @@ def report(result, settings, class_names, json_path, overwrite=False):
     write_json(json_path, record, indent=1)
     print(f'\n{settings["checkpoint"]}\n{table}\nfigures: {json_path}')
     with open(os.path.join(os.path.dirname(json_path), 'val.log'), 'a') as f:
-        options = ', '.join(f'{k} {settings[k]}' for k in ('role', 'mode', 'scales', 'flip', 'amp'))
+        options = ', '.join(f'{k} {settings[k]}' for k in ('mode', 'eval_mode', 'scales', 'flip', 'amp'))
         f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {settings["checkpoint"]} ({options})\n'
                 f'{table}\n\n')
 
@@ -154,7 +154,7 @@ def main(args, parser):
         dist_info = du.init_distributed(args.device, cfg.dist_timeout_minutes)
     except ValueError as e:
         parser.error(str(e))
-    role, spec = args.mode, RunSpec.for_evaluation(args.mode)
+    spec = RunSpec.for_evaluation(args.mode)
 
     def fail(message):
         """One line on the main process and exit status 2 on every process, before any image."""
@@ -165,9 +165,11 @@ def main(args, parser):
     if args.devices is not None and dist_info.is_main:
         print('note: -d/--devices is ignored; choose GPUs with CUDA_VISIBLE_DEVICES '
               '(val.sh starts one process per visible GPU)', file=sys.stderr)
-    mode = args.eval_mode or cfg.eval_mode
-    scales = args.scales or cfg.eval_scale_array
-    flip = cfg.eval_flip if args.flip is None else args.flip
+    try:
+        prediction = prediction_options(args, cfg)
+    except InferenceError as e:
+        fail(str(e))
+    eval_mode, scales, flip = prediction['eval_mode'], prediction['scales'], prediction['flip']
     # Inputs smaller than the encoder's last stride cannot go through it.
     if any(round(min(cfg.image_height, cfg.image_width) * s) < LAST_STAGE_STRIDE for s in scales):
         fail(f'--scales {scales}: each scale must keep the image ({cfg.image_height}x{cfg.image_width}) '
@@ -177,7 +179,7 @@ def main(args, parser):
     except ConfigError as e:
         fail(f'--amp {args.amp}: {e}')
     try:
-        checkpoints = rd.resolve_checkpoints(args.checkpoints, rd.run_dir(cfg.log_dir, role), role)
+        checkpoints = rd.resolve_checkpoints(args.checkpoints, rd.run_dir(cfg.log_dir, args.mode), args.mode)
         outputs = output_paths(checkpoints, args.save_path, args.json, args.overwrite)
     except ValueError as e:
         fail(str(e))
@@ -204,10 +206,10 @@ def main(args, parser):
     model.to(dist_info.device)
 
     if dist_info.is_main:
-        print(f'{role} {cfg.backbone} on {cfg.dataset_name} ({len(dataset)} images of '
-              f'{cfg.eval_source}): {mode}'
+        print(f'{args.mode} {cfg.backbone} on {cfg.dataset_name} ({len(dataset)} images of '
+              f'{cfg.eval_source}): {eval_mode}'
               + (f' (crop {cfg.eval_crop_size}, stride rate {cfg.eval_stride_rate:.3g})'
-                 if mode == 'sliding' else '')
+                 if eval_mode == 'sliding' else '')
               + f', scales {scales}, flip {flip}, amp {args.amp}, {dist_info.world_size} '
               f'process(es) on {dist_info.device.type}; {len(checkpoints)} checkpoint(s)')
     results = []
@@ -217,19 +219,19 @@ def main(args, parser):
         if path != loaded:
             load_checkpoint(model, path, mmap=True)
             loaded = path
-        result = evaluate(model, cfg, dist_info, dataset, mode=mode, scales=scales, flip=flip,
+        result = evaluate(model, cfg, dist_info, dataset, **prediction,
                           save_path=prediction_dir, amp=args.amp, side_by_side=args.side_by_side)
         results.append((path, result))
         if dist_info.is_main:
-            settings = {'checkpoint': path, 'role': role, 'config': os.path.abspath(args.config),
+            settings = {'checkpoint': path, 'mode': args.mode, 'config': os.path.abspath(args.config),
                         'backbone': cfg.backbone, 'dataset': cfg.dataset_name,
                         'eval_source': os.path.join(cfg.dataset_path, cfg.eval_source),
-                        'mode': mode, 'crop_size': cfg.eval_crop_size,
+                        'eval_mode': eval_mode, 'crop_size': cfg.eval_crop_size,
                         'stride_rate': cfg.eval_stride_rate, 'scales': scales, 'flip': flip,
                         'amp': args.amp, 'processes': dist_info.world_size}
             report(result, settings, cfg.class_names, json_path, args.overwrite)
     if dist_info.is_main:
-        print(f'\nsummary ({role}, {mode}, scales {scales}, flip {flip})\n{summary_table(results)}')
+        print(f'\nsummary ({args.mode}, {eval_mode}, scales {scales}, flip {flip})\n{summary_table(results)}')
     du.cleanup()
     return results
 

@@ -95,11 +95,11 @@ def sliding_window_logits(model, rgb: torch.Tensor, extra, crop_size, stride_rat
     return summed / count
 
 
-def predict_probabilities(model, rgb: torch.Tensor, extra, *, mode: str, scales, flip: bool,
+def predict_probabilities(model, rgb: torch.Tensor, extra, *, eval_mode: str, scales, flip: bool,
                           crop_size, stride_rate: float, max_batch: Optional[int] = None) -> torch.Tensor:
     """(N, K, H, W) softmax probabilities averaged over scales and flips (see module doc)."""
-    if mode not in ('sliding', 'whole'):
-        raise ValueError(f"evaluation mode must be 'sliding' or 'whole', got {mode!r}")
+    if eval_mode not in ('sliding', 'whole'):
+        raise ValueError(f"eval_mode must be 'sliding' or 'whole', got {eval_mode!r}")
     batch, _, height, width = rgb.shape
     views = 2 if flip else 1
 
@@ -114,7 +114,7 @@ def predict_probabilities(model, rgb: torch.Tensor, extra, *, mode: str, scales,
     for scale in scales:
         size = (round(height * scale), round(width * scale))
         scaled_rgb, scaled_extra = prepare(rgb, size), prepare(extra, size)
-        if mode == 'sliding':
+        if eval_mode == 'sliding':
             logits = sliding_window_logits(model, scaled_rgb, scaled_extra, crop_size, stride_rate,
                                            max_batch)
         else:
@@ -154,19 +154,19 @@ def _save_prediction(save_path: str, name: str, pred, item: dict, cfg, with_inpu
             raise OSError(f"could not write '{path}'")
 
 
-def evaluate(model, cfg, dist_info: DistInfo, dataset, *, mode=None, scales=None, flip=None,
+def evaluate(model, cfg, dist_info: DistInfo, dataset, *, eval_mode=None, scales=None, flip=None,
              save_path=None, amp='none', progress=True, side_by_side=False, per_image=False) -> dict:
     """Metrics of `model` on `dataset` (an RGBXDataset-like sequence of items; the model gets the
     items' 'extra' where they have one).
 
-    mode / scales / flip default to cfg.eval_mode / eval_scale_array / eval_flip. The model may be in
+    eval_mode / scales / flip default to cfg.eval_mode / eval_scale_array / eval_flip. The model may be in
     train mode, wrapped in DDP or compiled: it is evaluated in eval mode and its mode restored.
     Every process must call this. Returns segmentation_metrics(hist) plus 'hist' (CPU int64),
     'num_images' (all processes) and 'seconds'; with `per_image` (one process only) also
     'image_hists', one confusion matrix per image in dataset order, for resampling the test images."""
     if per_image and dist_info.distributed:
         raise ValueError('per-image confusion matrices are collected by one process only')
-    mode = cfg.eval_mode if mode is None else mode
+    eval_mode = cfg.eval_mode if eval_mode is None else eval_mode
     scales = list(cfg.eval_scale_array if scales is None else scales)
     flip = cfg.eval_flip if flip is None else flip
     device = dist_info.device
@@ -195,7 +195,7 @@ def evaluate(model, cfg, dist_info: DistInfo, dataset, *, mode=None, scales=None
                 extra = item['extra'].to(device, non_blocking=True) if 'extra' in item else None
                 label = item['label'].to(device, non_blocking=True)
                 probabilities = predict_probabilities(
-                    network, rgb, extra, mode=mode, scales=scales, flip=flip,
+                    network, rgb, extra, eval_mode=eval_mode, scales=scales, flip=flip,
                     crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate,
                     max_batch=cfg.eval_max_batch)
                 pred = probabilities.argmax(dim=1)

@@ -64,6 +64,16 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def prediction_options(args, cfg) -> dict:
+    """eval_mode, scales and flip (keyword arguments of predict_probabilities) from the flags of
+    add_prediction_args, the config's where a flag is not given."""
+    scales = list(args.scales or cfg.eval_scale_array)
+    if any(s <= 0 for s in scales):
+        raise InferenceError(f'--scales must be positive, got {scales}')
+    return dict(eval_mode=args.eval_mode or cfg.eval_mode, scales=scales,
+                flip=cfg.eval_flip if args.flip is None else args.flip)
+
+
 def require_onnx_packages(packages=ONNX_PACKAGES) -> None:
     """InferenceError naming the packages of the `export` extra that are not installed."""
     missing = [name for name in packages if importlib.util.find_spec(name) is None]

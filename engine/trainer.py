@@ -193,7 +193,7 @@ def wrap_for_training(model, cfg, dist_info):
 
 def validate(model, cfg, dist_info, dataset, amp, epoch, best_miou, logger) -> float:
     """The epoch's validation mIoU, logged with the per-class IoU."""
-    metrics = evaluate(model, cfg, dist_info, dataset, mode=cfg.eval_mode, amp=amp, progress=False)
+    metrics = evaluate(model, cfg, dist_info, dataset, amp=amp, progress=False)
     logger.scalars({'miou': metrics['miou'], 'pixel_acc': metrics['pixel_acc']}, epoch, 'val')
     logger.scalars({name: iou for name, iou in zip(cfg.class_names, metrics['iou']) if iou == iou},
                    epoch, 'val_iou')

@@ -125,7 +125,7 @@ def test_image_that_fits_in_one_direction_runs_once_padded():
 def test_flip_is_a_no_op_for_a_pointwise_model():
     model = Pointwise()
     x, extra = image(6, 9, seed=5), image(6, 9, seed=6)
-    options = dict(mode='whole', scales=[1.0], crop_size=(6, 9), stride_rate=2 / 3)
+    options = dict(eval_mode='whole', scales=[1.0], crop_size=(6, 9), stride_rate=2 / 3)
     with torch.no_grad():
         flipped = predict_probabilities(model, x, extra, flip=True, **options)
         plain = predict_probabilities(model, x, extra, flip=False, **options)
@@ -138,7 +138,7 @@ def test_flip_averages_probabilities_of_the_mirrored_input():
     model = Shifting()
     x = image(2, 6, seed=7, batch=2)
     with torch.no_grad():
-        got = predict_probabilities(model, x, None, mode='whole', scales=[1.0], flip=True,
+        got = predict_probabilities(model, x, None, eval_mode='whole', scales=[1.0], flip=True,
                                     crop_size=(2, 6), stride_rate=2 / 3)
         plain = model(x).logits.softmax(dim=1)
         mirrored = model(x.flip(-1)).logits.softmax(dim=1).flip(-1)
@@ -150,7 +150,7 @@ def test_sliding_with_flip_for_a_pointwise_model_equals_whole():
     model = Pointwise()
     x, extra = image(10, 13, seed=8), image(10, 13, seed=9)
     with torch.no_grad():
-        got = predict_probabilities(model, x, extra, mode='sliding', scales=[1.0], flip=True,
+        got = predict_probabilities(model, x, extra, eval_mode='sliding', scales=[1.0], flip=True,
                                     crop_size=(4, 6), stride_rate=2 / 3)
         direct = model(x, extra).logits.softmax(dim=1)
     torch.testing.assert_close(got, direct, rtol=0, atol=1e-6)
@@ -166,7 +166,7 @@ def test_multiscale_matches_opencv_resizing():
     x = image(8, 12, seed=10)
     scales = [0.75, 1.0, 1.25]
     with torch.no_grad():
-        got = predict_probabilities(model, x, None, mode='whole', scales=scales, flip=False,
+        got = predict_probabilities(model, x, None, eval_mode='whole', scales=scales, flip=False,
                                     crop_size=(8, 12), stride_rate=2 / 3)
     weight = model.rgb.weight.detach().numpy()[:, :, 0, 0].astype(np.float64)
     bias = model.rgb.bias.detach().numpy().astype(np.float64)
@@ -206,7 +206,7 @@ class BatchSizes(nn.Module):
 @pytest.mark.parametrize('max_batch', [1, 3])
 def test_windows_in_smaller_batches_give_the_same_probabilities(max_batch):
     x, extra = image(9, 11, seed=5, batch=2), image(9, 11, seed=6, batch=2)
-    options = dict(mode='sliding', scales=[0.75, 1.0, 1.5], flip=True, crop_size=(6, 8), stride_rate=2 / 3)
+    options = dict(eval_mode='sliding', scales=[0.75, 1.0, 1.5], flip=True, crop_size=(6, 8), stride_rate=2 / 3)
     whole, split = BatchSizes(Shifting()), BatchSizes(Shifting())
     with torch.no_grad():
         expected = predict_probabilities(whole, x, extra, **options)

@@ -92,7 +92,7 @@ def test_student_from_depth_pngs_predicts_as_val(dataset_root, checkpoints, tmp_
                                 str(val_out), *PREDICTION, *opts(dataset_root)]), parser)
     summary = run_infer(dataset_root, checkpoints['official'], infer_out, '--depth',
                         os.path.join(dataset_root, 'Depth'), *camera_flags(), *PREDICTION)
-    assert summary['role'] == 'student' and summary['extra'] == 'depth'
+    assert summary['mode'] == 'student' and summary['extra'] == 'depth'
     test_names = [f'{i:04d}' for i in range(1, 1 + NUM_TEST)]
     labels = []
     for name in test_names:
@@ -108,7 +108,7 @@ def test_teacher_predicts_as_val_without_depth(dataset_root, checkpoints, tmp_pa
     val.main(parser.parse_args(['-c', infer_config(), '-e', checkpoints['teacher'], '--mode', 'teacher',
                                 '--save_path', str(val_out), *PREDICTION, *opts(dataset_root)]), parser)
     summary = run_infer(dataset_root, checkpoints['teacher'], infer_out, *PREDICTION)
-    assert summary['role'] == 'teacher' and summary['extra'] is None
+    assert summary['mode'] == 'teacher' and summary['extra'] is None
     for name in (f'{i:04d}' for i in range(1, 1 + NUM_TEST)):
         assert np.array_equal(read_label(infer_out / 'label' / f'{name}.png'),
                               read_label(val_out / 'pred' / f'{name}.png')), name

@@ -116,7 +116,7 @@ def test_project_checkpoint_with_predictions(dataset_root, checkpoints, tmp_path
     expected = direct_hist(student, cfg, 'student')
     assert expected.sum() > 0 and np.count_nonzero(expected) > 3
     assert np.array_equal(np.array(record['hist']), expected)
-    assert record['num_images'] == NUM_IMAGES and record['role'] == 'student'
+    assert record['num_images'] == NUM_IMAGES and record['mode'] == 'student' and record['eval_mode'] == 'whole'
     assert record['miou'] == pytest.approx(np.nanmean(np.diag(expected) / (
         expected.sum(0) + expected.sum(1) - np.diag(expected))), abs=1e-12)
 

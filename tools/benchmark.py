@@ -58,7 +58,7 @@ from config import ConfigError, add_config_args, config_from_args
 from dataloader.dataset import DatasetError
 from dataloader.loader import build_train_loader
 from dataloader.transforms import TrainTransform
-from engine.amp import autocast, unsupported_amp
+from engine.amp import AMP_DTYPES, autocast, unsupported_amp
 from engine.devices import DeviceError, gpu_count
 from engine.distributed import DistInfo
 from engine.evaluator import predict_probabilities
@@ -69,12 +69,13 @@ from engine.run_spec import RunSpec
 from engine.trainer import train_one_epoch
 from utils.benchmarking import (PeakMemory, device_info, library_versions, provenance, save_report, summary_ms,
                                 synchronize, timed_runs)
-from utils.constants import LAST_STAGE_STRIDE, MODES, STUDENT
+from utils.constants import AMP_FULL_PRECISION, LAST_STAGE_STRIDE, MODES, STUDENT
 from utils.io import check_output_file
 from utils.modules import unwrap_model
 from utils.op_counts import TRAINING_FLOPS_CONVENTION, count_flops, training_step_flops
 
-PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+# A variant's precision -> train.py's --amp setting; the table says fp32 where the flag says none.
+PRECISION_AMP = {'fp32': AMP_FULL_PRECISION, 'bf16': 'bf16', 'fp16': 'fp16'}
 OPTIONS = ('channels_last', 'compile')
 DEFAULT_VARIANTS = {
     'cuda': ['fp32', 'bf16', 'bf16+channels_last', 'bf16+compile'],
@@ -103,13 +104,13 @@ class Variant(NamedTuple):
 
     @property
     def amp_dtype(self):
-        return PRECISIONS[self.precision]
+        return AMP_DTYPES[PRECISION_AMP[self.precision]]
 
 
 def parse_variant(text: str) -> Variant:
     precision, *options = text.split('+')
-    if precision not in PRECISIONS:
-        raise ValueError(f"--variants: {text!r} must start with one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISION_AMP:
+        raise ValueError(f"--variants: {text!r} must start with one of {', '.join(PRECISION_AMP)}")
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown or len(set(options)) != len(options):
         raise ValueError(f"--variants: {text!r}: after the precision come '+' and any of "
@@ -175,7 +176,7 @@ def check_args(args, parser, cfg):
 
 def unsupported(variant: Variant, device: torch.device) -> Optional[str]:
     """Why `device` cannot run `variant`, or None (train.py's own check of its amp setting)."""
-    return unsupported_amp('none' if variant.precision == 'fp32' else variant.precision, device)
+    return unsupported_amp(PRECISION_AMP[variant.precision], device)
 
 
 class TimedBatches:
@@ -246,7 +247,7 @@ def count_step_flops(cfg, spec, device, batch):
 
 
 def predict_eval(network, cfg, rgb, extra):
-    return predict_probabilities(network, rgb, extra, mode=cfg.eval_mode, scales=[1.0], flip=False,
+    return predict_probabilities(network, rgb, extra, eval_mode=cfg.eval_mode, scales=[1.0], flip=False,
                                  crop_size=cfg.eval_crop_size, stride_rate=cfg.eval_stride_rate,
                                  max_batch=cfg.eval_max_batch)
 

@@ -89,7 +89,7 @@ def benchmark_backbone(cfg, args, backbone, device):
     generator = torch.Generator().manual_seed(cfg.seed)
     rgb = torch.randn(1, 3, *args.size, generator=generator)
     extra = torch.randn(1, 3, *args.size, generator=generator) if args.mode == 'student' else None
-    prediction = dict(mode=cfg.eval_mode, scales=[1.0], flip=False, crop_size=cfg.eval_crop_size,
+    prediction = dict(eval_mode=cfg.eval_mode, scales=[1.0], flip=False, crop_size=cfg.eval_crop_size,
                       stride_rate=cfg.eval_stride_rate, max_batch=cfg.eval_max_batch)
 
     with tempfile.TemporaryDirectory() as folder:

@@ -83,19 +83,19 @@ def check_args(args, cfg):
     return height, width
 
 
-def random_inputs(role, size, batch, seed):
+def random_inputs(mode, size, batch, seed):
     """Standard-normal inputs: the scale of normalised images."""
     generator = torch.Generator().manual_seed(seed)
     rgb = torch.randn(batch, 3, *size, generator=generator)
-    return rgb, torch.randn(batch, 3, *size, generator=generator) if role == 'student' else None
+    return rgb, torch.randn(batch, 3, *size, generator=generator) if mode == 'student' else None
 
 
-def check_inputs(args, cfg, role, size):
+def check_inputs(args, cfg, mode, size):
     """[(description, rgb, extra or None)] the exported file is checked on."""
-    inputs = [(f'random {size[0]}x{size[1]}', *random_inputs(role, size, batch=2, seed=0))]
+    inputs = [(f'random {size[0]}x{size[1]}', *random_inputs(mode, size, batch=2, seed=0))]
     if args.dynamic:
         other = (size[0] + DYNAMIC_CHECK_GROWTH[0], size[1] + DYNAMIC_CHECK_GROWTH[1])
-        inputs.append((f'random {other[0]}x{other[1]}', *random_inputs(role, other, batch=1, seed=1)))
+        inputs.append((f'random {other[0]}x{other[1]}', *random_inputs(mode, other, batch=1, seed=1)))
     if args.random_only:
         return inputs
     try:
@@ -105,7 +105,7 @@ def check_inputs(args, cfg, role, size):
                              f'to check on random inputs alone') from None
     for index in range(min(args.check_images, len(dataset))):
         item = dataset[index]
-        rgb, extra = item['rgb'][None], item['extra'][None] if role == 'student' else None
+        rgb, extra = item['rgb'][None], item['extra'][None] if mode == 'student' else None
         if not args.dynamic and rgb.shape[-2:] != size:
             rgb, extra = (None if t is None else F.interpolate(t, size=size, mode='bilinear', align_corners=False)
                           for t in (rgb, extra))
@@ -132,19 +132,19 @@ def main(argv=None):
     try:
         require_onnx_packages()
         size = check_args(args, cfg)
-        model, role, path = checkpoint_model(cfg, args.checkpoint, args.mode)
-        inputs = check_inputs(args, cfg, role, size)
+        model, mode, path = checkpoint_model(cfg, args.checkpoint, args.mode)
+        inputs = check_inputs(args, cfg, mode, size)
     except InferenceError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     shape = 'N x 3 x ' + ('H x W' if args.dynamic else f'{size[0]} x {size[1]}')
-    print(f"exporting the {role} ({cfg.backbone}, {path}) to {args.out}: opset {ONNX_OPSET}, inputs "
-          f"{' and '.join(['rgb', 'extra'][:1 + (role == 'student')])} ({shape}, channel order "
+    print(f"exporting the {mode} ({cfg.backbone}, {path}) to {args.out}: opset {ONNX_OPSET}, inputs "
+          f"{' and '.join(['rgb', 'extra'][:1 + (mode == 'student')])} ({shape}, channel order "
           f"{cfg.channel_order}, normalised), output logits")
     # Written beside --out and renamed over it only once the check has passed.
     folder, name = os.path.split(os.path.abspath(args.out))
     tmp = os.path.join(folder, f'.{name}.tmp-{os.getpid()}')
     try:
-        export_onnx(model, role, cfg, tmp, size, args.dynamic)
+        export_onnx(model, mode, cfg, tmp, size, args.dynamic)
         print('onnxruntime against torch:')
         results = compare(model, OnnxNetwork(tmp), inputs)
         failed = [r for r in results if r['argmax_agreement'] < MIN_AGREEMENT]
@@ -157,7 +157,7 @@ def main(argv=None):
         if os.path.exists(tmp):
             os.remove(tmp)
     print(f'wrote {args.out} ({os.path.getsize(args.out) / 2 ** 20:.1f} MB)')
-    return {'out': args.out, 'role': role, 'opset': ONNX_OPSET, 'size': list(size), 'dynamic': args.dynamic,
+    return {'out': args.out, 'mode': mode, 'opset': ONNX_OPSET, 'size': list(size), 'dynamic': args.dynamic,
             'checks': results}
 
 

@@ -41,8 +41,8 @@ from dataloader.transforms import network_input
 from engine import distributed as du
 from engine.amp import AMP_DTYPES, autocast, resolve_amp
 from engine.evaluator import predict_probabilities
-from engine.inference import (InferenceError, OnnxNetwork, add_prediction_args, checkpoint_model,
-                              network_input_shapes, require_onnx_packages)
+from engine.inference import (InferenceError, OnnxNetwork, add_prediction_args, checkpoint_model, network_input_shapes,
+                              prediction_options, require_onnx_packages)
 from utils import conversion
 from utils.constants import LAST_STAGE_STRIDE, MODES
 from utils.depth_camera import CAMERA_FLAGS, Camera, camera_from_flags, check_camera_fits, check_png_header
@@ -144,21 +144,17 @@ def prediction_settings(args, cfg, network):
     fixed = getattr(network, 'input_shape', [None] * 4)[2:]
     if None not in fixed:
         crop_size = tuple(fixed)
-    scales = args.scales or cfg.eval_scale_array
-    if any(s <= 0 for s in scales):
-        raise InputError(f'--scales must be positive, got {scales}')
-    return dict(mode=args.eval_mode or cfg.eval_mode, scales=list(scales),
-                flip=cfg.eval_flip if args.flip is None else args.flip, crop_size=crop_size,
-                stride_rate=cfg.eval_stride_rate, max_batch=cfg.eval_max_batch)
+    return dict(prediction_options(args, cfg), crop_size=crop_size, stride_rate=cfg.eval_stride_rate,
+                max_batch=cfg.eval_max_batch)
 
 
 # --- the model -------------------------------------------------------------------------------
 
 def load_network(args, cfg, device):
-    """(callable network, role, description)."""
+    """(callable network, mode, description)."""
     if args.checkpoint is not None:
-        model, role, path = checkpoint_model(cfg, args.checkpoint, args.mode)
-        return model.to(device), role, path
+        model, mode, path = checkpoint_model(cfg, args.checkpoint, args.mode)
+        return model.to(device), mode, path
     if not os.path.isfile(args.onnx):
         raise InputError(f'--onnx {args.onnx}: no such file')
     if device.type != 'cpu':
@@ -179,12 +175,12 @@ def load_network(args, cfg, device):
     return network, network.mode, os.path.abspath(args.onnx)
 
 
-def check_role_inputs(role, args, cfg):
+def check_mode_inputs(mode, args, cfg):
     extra_flag = '--depth' if args.depth is not None else '--hha' if args.hha is not None else None
-    if role == 'teacher' and extra_flag:
+    if mode == 'teacher' and extra_flag:
         raise InputError(f'{extra_flag}: the model is a teacher, which sees RGB alone; leave out '
                          f'--depth/--hha or give a student model')
-    if role == 'student' and extra_flag is None:
+    if mode == 'student' and extra_flag is None:
         raise InputError('the model is a student (RGB-D): give --depth or --hha for the images')
     if args.depth is not None and cfg.x_is_single_channel:
         raise InputError('--depth: the config feeds a raw depth image (x_is_single_channel), not HHA; '
@@ -283,9 +279,9 @@ def hha_image(depth, camera):
     return np.ascontiguousarray(inpainted_hha(depth, camera.matrix)[..., ::-1])
 
 
-def check_image_size(sample, size, network, role, prediction):
+def check_image_size(sample, size, network, mode, prediction):
     """The network must be able to take every input this image gives it (see network_input_shapes)."""
-    shapes = network_input_shapes(*size, role == 'student', **prediction)
+    shapes = network_input_shapes(*size, mode == 'student', **prediction)
     small = [s for s in shapes if min(s[-2:]) < LAST_STAGE_STRIDE]
     if small:
         raise InputError(f'{sample.rgb}: at --scales {prediction["scales"]} the network would get a '
@@ -358,7 +354,7 @@ def class_fractions(pred, class_names):
 # --- main ------------------------------------------------------------------------------------
 
 def prepare(args, cfg):
-    """Every check before the first output: (network, role, model file, device, amp dtype, samples,
+    """Every check before the first output: (network, mode, model file, device, amp dtype, samples,
     camera, prediction settings)."""
     check_depth_flags(args)
     try:
@@ -368,8 +364,8 @@ def prepare(args, cfg):
         raise InputError(f'--amp {args.amp}: {e}') from None
     except ValueError as e:
         raise InputError(str(e)) from None
-    network, role, model_file = load_network(args, cfg, device)
-    check_role_inputs(role, args, cfg)
+    network, mode, model_file = load_network(args, cfg, device)
+    check_mode_inputs(mode, args, cfg)
     prediction = prediction_settings(args, cfg, network)
     samples = pair_files(args)
     camera = camera_of(args) if args.depth is not None else None
@@ -377,9 +373,9 @@ def prepare(args, cfg):
         rgb, _, depth = read_inputs(sample, args, cfg)
         if depth is not None:
             check_depth(sample, depth, camera)
-        check_image_size(sample, rgb.shape[:2], network, role, prediction)
+        check_image_size(sample, rgb.shape[:2], network, mode, prediction)
     check_outputs(args, samples)
-    return network, role, model_file, device, amp_dtype, samples, camera, prediction
+    return network, mode, model_file, device, amp_dtype, samples, camera, prediction
 
 
 def predict(network, rgb, extra, cfg, device, amp_dtype, prediction):
@@ -404,11 +400,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser)
     try:
-        network, role, model_file, device, amp_dtype, samples, camera, prediction = prepare(args, cfg)
+        network, mode, model_file, device, amp_dtype, samples, camera, prediction = prepare(args, cfg)
     except (InputError, InferenceError) as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
-    print(f"{role} {'(onnxruntime)' if args.onnx else cfg.backbone} from {model_file}: {len(samples)} image(s), "
-          f"{prediction['mode']}" + (f" (crop {list(prediction['crop_size'])})" if prediction['mode'] == 'sliding'
+    print(f"{mode} {'(onnxruntime)' if args.onnx else cfg.backbone} from {model_file}: {len(samples)} image(s), "
+          f"{prediction['eval_mode']}" + (f" (crop {list(prediction['crop_size'])})" if prediction['eval_mode'] == 'sliding'
                                      else '')
           + f", scales {prediction['scales']}, flip {prediction['flip']}, amp {args.amp}, {device.type}")
     kinds = output_kinds(args)
@@ -416,7 +412,7 @@ def main(argv=None):
         os.makedirs(os.path.join(args.out, kind), exist_ok=True)
 
     images, predicted = [], set()
-    for sample in tqdm(samples, desc=f'infer {role}', unit='img', dynamic_ncols=True):
+    for sample in tqdm(samples, desc=f'infer {mode}', unit='img', dynamic_ncols=True):
         start = time.perf_counter()
         rgb, hha, depth = read_inputs(sample, args, cfg)
         if depth is not None:
@@ -439,7 +435,7 @@ def main(argv=None):
     write_rgb(os.path.join(args.out, LEGEND_FILE), legend(sorted(predicted), cfg.class_names, cfg.num_classes))
     summary = {'tool': 'tools/infer.py', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
                'config': os.path.abspath(args.config), 'model': model_file, 'runtime': 'onnxruntime' if args.onnx
-               else 'torch', 'role': role, 'extra': 'depth' if args.depth else 'hha' if args.hha else None,
+               else 'torch', 'mode': mode, 'extra': 'depth' if args.depth else 'hha' if args.hha else None,
                'camera': None if camera is None else camera.matrix.tolist(),
                'depth_scale': args.depth_scale or DEFAULT_DEPTH_SCALE if args.depth else None,
                'depth_encoding': args.depth_encoding or 'plain' if args.depth else None,
