@@ -18,6 +18,11 @@ all figures (--json, default <save_path or the checkpoint's folder>/eval_<name>.
 0 = unlabeled), color/NAME.png the same in the dataset palette. No earlier result is replaced
 unless --overwrite is given: a default JSON name that exists becomes eval_<name>-2.json (-3, ...),
 and an existing --json file or a --save_path holding predictions is refused.
+
+--corrupt NAME[:SEVERITY] ... also evaluates every checkpoint on corrupted test inputs (a failing depth
+sensor, a bad exposure: dataloader/corruptions.py, docs/robustness.md); NAME alone means its five
+severities. The JSON file then holds a row per corruption and severity, and beside it
+<json name>_robustness.md and .png hold the table and the plot of mIoU against severity.
 """
 import argparse
 import math
@@ -26,9 +31,11 @@ import sys
 import time
 
 from config import ConfigError, add_config_args, config_from_args
+from dataloader.corruptions import CORRUPTIONS, corruption_arg
 from dataloader.dataset import DatasetError
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
+from engine import robustness
 from engine import run_dir as rd
 from engine.amp import resolve_amp
 from engine.evaluator import evaluate, saved_predictions
@@ -60,6 +67,9 @@ def get_args_parser():
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an existing JSON file or predictions (default: a new name for the '
                              'JSON, eval_<name>-2.json, ...; existing predictions or --json OUT are refused)')
+    parser.add_argument('--corrupt', nargs='+', metavar='NAME[:SEVERITY]', type=corruption_arg,
+                        help=f"also evaluate on corrupted inputs: {', '.join(CORRUPTIONS)}; severity 1-5 "
+                             f"(default: all five)")
     parser.add_argument('-d', '--devices',
                         help='accepted for compatibility and ignored: choose GPUs with '
                              'CUDA_VISIBLE_DEVICES (val.sh starts one process per visible GPU)')
@@ -128,19 +138,30 @@ def summary_table(rows):
     return '\n'.join(lines)
 
 
-def report(result, settings, class_names, json_path, overwrite=False):
-    """The per-class table to the console and to val.log beside the JSON file of all figures. A JSON
-    file another process wrote since the start is not replaced (unless `overwrite`): the figures go
-    to the next free name."""
+def report(result, settings, class_names, json_path, overwrite=False, corrupted=None):
+    """The per-class table to the console and to val.log beside the JSON file of all figures (with
+    `corrupted`, the rows of evaluate_corruptions, also its table and plot). A JSON file another
+    process wrote since the start is not replaced (unless `overwrite`): the figures go to the next
+    free name."""
     table = format_metrics_table(result, class_names)
     record = {**settings, 'num_images': result['num_images'], 'seconds': result['seconds'],
               'class_names': class_names,
               **{k: json_ready(result[k]) for k in ('miou', 'macc', 'pixel_acc', 'fwiou', 'iou', 'acc')},
               'hist': result['hist'].tolist()}
+    if corrupted is not None:
+        record['corruptions'] = corrupted
     if not overwrite:
         json_path = free_name(json_path)
     write_json(json_path, record, indent=1)
     print(f'\n{settings["checkpoint"]}\n{table}\nfigures: {json_path}')
+    if corrupted is not None:
+        models = {rd.checkpoint_name(settings['checkpoint']): (result['miou'], robustness.summarize(result['miou'], corrupted))}
+        stem = os.path.splitext(json_path)[0] + '_robustness'
+        tables = robustness.markdown_tables(models)
+        with open(stem + '.md', 'w') as f:
+            f.write(f"# Robustness of {settings['checkpoint']}\n\n{tables}")
+        robustness.plot(models, stem + '.png', title=f"{settings['mode']} {settings['backbone']} on {settings['dataset']}")
+        print(f'{tables}robustness: {stem}.md, {stem}.png')
     with open(os.path.join(os.path.dirname(json_path), 'val.log'), 'a') as f:
         options = ', '.join(f'{k} {settings[k]}' for k in ('mode', 'eval_mode', 'scales', 'flip', 'amp'))
         f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {settings["checkpoint"]} ({options})\n'
@@ -170,6 +191,7 @@ def main(args, parser):
     except InferenceError as e:
         fail(str(e))
     eval_mode, scales, flip = prediction['eval_mode'], prediction['scales'], prediction['flip']
+    corruptions = list(dict.fromkeys(s for group in args.corrupt or () for s in group))
     # Inputs smaller than the encoder's last stride cannot go through it.
     if any(round(min(cfg.image_height, cfg.image_width) * s) < LAST_STAGE_STRIDE for s in scales):
         fail(f'--scales {scales}: each scale must keep the image ({cfg.image_height}x{cfg.image_width}) '
@@ -221,6 +243,8 @@ def main(args, parser):
             loaded = path
         result = evaluate(model, cfg, dist_info, dataset, **prediction,
                           save_path=prediction_dir, amp=args.amp, side_by_side=args.side_by_side)
+        corrupted = None if not args.corrupt else robustness.evaluate_corruptions(
+            model, cfg, dist_info, dataset, corruptions, **prediction, amp=args.amp)
         results.append((path, result))
         if dist_info.is_main:
             settings = {'checkpoint': path, 'mode': args.mode, 'config': os.path.abspath(args.config),
@@ -229,7 +253,7 @@ def main(args, parser):
                         'eval_mode': eval_mode, 'crop_size': cfg.eval_crop_size,
                         'stride_rate': cfg.eval_stride_rate, 'scales': scales, 'flip': flip,
                         'amp': args.amp, 'processes': dist_info.world_size}
-            report(result, settings, cfg.class_names, json_path, args.overwrite)
+            report(result, settings, cfg.class_names, json_path, args.overwrite, corrupted)
     if dist_info.is_main:
         print(f'\nsummary ({args.mode}, {eval_mode}, scales {scales}, flip {flip})\n{summary_table(results)}')
     du.cleanup()

@@ -20,6 +20,7 @@ names repeated `length // n` times plus `length % n` names taken from a permutat
 code draws that permutation anew on every item access (torch.randperm); here it is drawn once from
 `cfg.seed`, so the epoch is a fixed list the sampler (dataloader/loader.py) shuffles.
 """
+import copy
 import os
 import warnings
 from collections import Counter
@@ -32,6 +33,7 @@ import torch
 from config import derive_niters_per_epoch
 from utils.constants import LAST_STAGE_STRIDE
 
+from .corruptions import corrupt_images
 from .transforms import EvalTransform, TrainTransform
 
 DEPTH_PNG_MAX_MM = 10000        # 16-bit single-channel files: 0..10 m -> 0..255
@@ -306,12 +308,16 @@ class RGBXDataset(torch.utils.data.Dataset):
     EvalTransform for 'val'. An item is asked for by an int index or an `(index, sample_seed)` pair;
     the seed drives the item's random augmentation, so the result does not depend on which process
     loads it. A bare index uses the seed (cfg.seed, index).
+
+    `corruption` (a dataloader.corruptions.CorruptionSetting, default None: the clean images) is
+    applied to the images as read, before the transform; with_corruption gives a copy with another.
     """
 
-    def __init__(self, cfg, split, transform=None, with_extra=True):
+    def __init__(self, cfg, split, transform=None, with_extra=True, corruption=None):
         self.cfg = cfg
         self.split = split
         self.with_extra = with_extra
+        self.corruption = corruption
         if split == 'train' and cfg.niters_per_epoch is None:
             raise ValueError("config key 'niters_per_epoch' is None: resolve_split_sizes(cfg) derives it "
                              "from the training split before a training dataset is built")
@@ -327,6 +333,12 @@ class RGBXDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.items)
 
+    def with_corruption(self, corruption):
+        """The same dataset (not checked again) with its images under `corruption`."""
+        other = copy.copy(self)
+        other.corruption = corruption
+        return other
+
     def read(self, name):
         """The item's arrays as read: rgb and extra uint8 H x W x 3 (BGR; extra None without the
         extra modality), label uint8 H x W after the label transform."""
@@ -335,8 +347,8 @@ class RGBXDataset(torch.utils.data.Dataset):
         for path, array in zip(paths, arrays):
             if path is not None and array is None:
                 raise DatasetError(f"'{path}' cannot be read (it could when the dataset was checked)")
-        rgb, extra, label = arrays
-        return rgb, extra, transform_label(label, self.cfg.gt_transform, self.cfg.background)
+        rgb, extra = corrupt_images(*arrays[:2], self.corruption, key=name)
+        return rgb, extra, transform_label(arrays[2], self.cfg.gt_transform, self.cfg.background)
 
     def __getitem__(self, item):
         index, sample_seed = item if isinstance(item, (tuple, list)) else (item, None)

@@ -216,6 +216,29 @@ def test_bootstrap_over_the_test_images_of_a_finished_grid(killed_and_rerun):
 
 
 @pytest.mark.integration
+def test_ablate_corrupt_on_a_real_grid(killed_and_rerun):
+    out, grid_opts, _, _, _ = killed_and_rerun
+    proc = subprocess.run(run_grid(out, grid_opts, '--report-only', '--corrupt', 'depth_holes:4', 'rgb_dark:1'),
+                          cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(out, 'robustness.json')) as f:
+        record = json.load(f)
+    for cell in record['cells']:
+        # the clean figure evaluated in-process is val.py's figure of the same checkpoint
+        assert cell['clean'] == pytest.approx(json.load(open(os.path.join(out, cell['variant'], 'seed1', ablate.CELL_RESULT)))['miou'])
+    teacher = record['variants']['rgb_teacher']['corruptions']
+    assert teacher['depth_holes'] == {'applicable': False} and teacher['rgb_dark']['applicable']
+    primkd, cmx = (record['variants'][v]['corruptions']['depth_holes'] for v in ('primkd', 'cmx'))
+    assert primkd['vs_reference']['mean']['mean'] == pytest.approx(primkd['mean']['mean'] - cmx['mean']['mean'])
+    assert os.path.getsize(os.path.join(out, 'robustness.png')) > 1000
+    assert '## Paired differences to `cmx`' in open(os.path.join(out, 'robustness.md')).read()
+    # a second run evaluates nothing again
+    again = subprocess.run(run_grid(out, grid_opts, '--report-only', '--corrupt', 'depth_holes:4'), cwd=REPO_ROOT,
+                           env=launch_env(), capture_output=True, text=True)
+    assert again.returncode == 0 and 'seed 1: depth_holes:4' not in again.stdout
+
+
+@pytest.mark.integration
 def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
     out, opts, first, snapshot, _ = killed_and_rerun
     changed = subprocess.run(run_grid(out, [*opts, 'nepochs=2']), cwd=REPO_ROOT, env=launch_env(),

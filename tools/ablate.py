@@ -54,10 +54,12 @@ import argparse
 import os
 
 from config import REPO_ROOT, add_config_args
+from dataloader.corruptions import corruption_arg
 from engine.ablation import (BUILT_IN_VARIANTS, RGB_TEACHER, CellFailed, GridError, RESULTS_FILE, TABLE_FILE,
                              grid_record,
                              load_variants_file, plan_grid, run_grid, write_report)
 from engine.ablation.bootstrap import image_hists
+from engine.ablation.robustness import ROBUSTNESS_FILES, write_robustness
 
 
 def get_args_parser():
@@ -79,6 +81,10 @@ def get_args_parser():
     parser.add_argument('--bootstrap', action='store_true',
                         help='add a bootstrap over the test images to the paired differences (evaluates each '
                              'finished cell once more, per image, in this process)')
+    parser.add_argument('--corrupt', nargs='+', metavar='NAME[:SEVERITY]', type=corruption_arg,
+                        help='also evaluate every finished cell on corrupted test inputs (as val.py --corrupt) '
+                             'and write DIR/robustness.json, .md and .png with paired differences to the '
+                             'reference per corruption')
     parser.add_argument('--report-only', action='store_true',
                         help='write the figures of the finished cells without running any cell')
     return parser
@@ -109,6 +115,10 @@ def main(args, parser):
         parser.exit(130, f'\n{parser.prog}: interrupted; run the same command again to continue\n')
     print('\n' + report(args.bootstrap))
     print(f'figures in {os.path.join(out, RESULTS_FILE)} and {os.path.join(out, TABLE_FILE)}')
+    if args.corrupt:
+        settings = list(dict.fromkeys(s for group in args.corrupt for s in group))
+        print('\n' + write_robustness(cells, order, args.reference, out, grid, settings))
+        print(f'robustness figures in {os.path.join(out, ROBUSTNESS_FILES[0])}, .md and .png')
 
 
 if __name__ == '__main__':

@@ -22,6 +22,11 @@ side_by_side/NAME.png (RGB | depth or HHA | prediction), with --save-hha hha/NAM
 network got, in the dataset's file layout), legend.png (the classes predicted) and summary.json
 (per image: size, time and the pixel fraction of each class predicted). Every input and setting is
 checked before the first output is written; existing outputs are kept unless --overwrite is given.
+
+--corrupt NAME:SEVERITY ... applies corruptions of dataloader/corruptions.py to the inputs, in the
+order given, to see a model under a failing sensor: RGB ones to the photo, depth ones to the depth in
+metres before its holes are in-painted and HHA is made (or to the --hha image); a frame whose depth
+is all missing gets an all-zero HHA image.
 """
 import argparse
 import datetime
@@ -36,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from config import ConfigError, add_config_args, config_from_args
+from dataloader.corruptions import CORRUPTIONS, DEPTH, corrupt_depth_metres, corrupt_images, corruption_arg
 from dataloader.dataset import IMAGE_EXTENSIONS, read_extra, read_rgb
 from dataloader.transforms import network_input
 from engine import distributed as du
@@ -89,6 +95,8 @@ def get_args_parser():
                         help=f'PNG value / S = metres (default {DEFAULT_DEPTH_SCALE:g}: millimetres)')
     parser.add_argument('--depth-encoding', choices=conversion.DEPTH_ENCODINGS,
                         help='plain (default), or sun-rgbd: 16 bits rotated left by 3, as SUN-RGBD stores depth')
+    parser.add_argument('--corrupt', nargs='+', metavar='NAME:SEVERITY', type=corruption_arg,
+                        help=f"corrupt the inputs first: {', '.join(CORRUPTIONS)}; severity 1-5")
     parser.add_argument('--camera', choices=sorted(CAMERA_PRESETS),
                         help='named intrinsics, only for images of their size (nyu: 480x640)')
     for flag, what in zip(CAMERA_FLAGS, ('focal length x', 'focal length y', 'principal point x',
@@ -135,6 +143,35 @@ def camera_of(args) -> Camera:
     if args.camera is not None:
         return Camera(*CAMERA_PRESETS[args.camera], f'--camera {args.camera}')
     return camera_from_flags(args)
+
+
+def check_corruptions(args, mode):
+    """The --corrupt settings, each given with its severity and applicable to the model."""
+    settings = []
+    for group in args.corrupt or ():
+        name = group[0].name
+        if len(group) != 1:
+            raise InputError(f'--corrupt {name}: give one severity, {name}:1 to {name}:5')
+        if group[0].corruption.modality == DEPTH and mode == 'teacher':
+            raise InputError(f'--corrupt {group[0]}: not applicable: the model is a teacher, which takes no depth')
+        settings += group
+    return settings
+
+
+def corrupted_inputs(sample, rgb, hha, depth, settings):
+    """(rgb, hha, depth) with the settings applied in order (depth ones to the depth in metres when
+    there is one, else to the HHA image)."""
+    for setting in settings:
+        if setting.corruption.modality == DEPTH and depth is not None:
+            depth = corrupt_depth_metres(depth, setting, sample.name)
+        else:
+            rgb, hha = corrupt_images(rgb, hha, setting, sample.name)
+    return rgb, hha, depth
+
+
+def hha_of_corrupted(depth, camera):
+    """HHA of a (corrupted) depth map; an all-zero image where no depth is left (depth_missing)."""
+    return hha_image(depth, camera) if depth.any() else np.zeros((*depth.shape, 3), dtype=np.uint8)
 
 
 def prediction_settings(args, cfg, network):
@@ -355,7 +392,7 @@ def class_fractions(pred, class_names):
 
 def prepare(args, cfg):
     """Every check before the first output: (network, mode, model file, device, amp dtype, samples,
-    camera, prediction settings)."""
+    camera, prediction settings, corruptions)."""
     check_depth_flags(args)
     try:
         device = du.init_distributed(args.device).device
@@ -366,6 +403,7 @@ def prepare(args, cfg):
         raise InputError(str(e)) from None
     network, mode, model_file = load_network(args, cfg, device)
     check_mode_inputs(mode, args, cfg)
+    corruptions = check_corruptions(args, mode)
     prediction = prediction_settings(args, cfg, network)
     samples = pair_files(args)
     camera = camera_of(args) if args.depth is not None else None
@@ -375,7 +413,7 @@ def prepare(args, cfg):
             check_depth(sample, depth, camera)
         check_image_size(sample, rgb.shape[:2], network, mode, prediction)
     check_outputs(args, samples)
-    return network, mode, model_file, device, amp_dtype, samples, camera, prediction
+    return network, mode, model_file, device, amp_dtype, samples, camera, prediction, corruptions
 
 
 def predict(network, rgb, extra, cfg, device, amp_dtype, prediction):
@@ -400,7 +438,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser)
     try:
-        network, mode, model_file, device, amp_dtype, samples, camera, prediction = prepare(args, cfg)
+        network, mode, model_file, device, amp_dtype, samples, camera, prediction, corruptions = prepare(args, cfg)
     except (InputError, InferenceError) as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print(f"{mode} {'(onnxruntime)' if args.onnx else cfg.backbone} from {model_file}: {len(samples)} image(s), "
@@ -414,9 +452,9 @@ def main(argv=None):
     images, predicted = [], set()
     for sample in tqdm(samples, desc=f'infer {mode}', unit='img', dynamic_ncols=True):
         start = time.perf_counter()
-        rgb, hha, depth = read_inputs(sample, args, cfg)
+        rgb, hha, depth = corrupted_inputs(sample, *read_inputs(sample, args, cfg), corruptions)
         if depth is not None:
-            hha = hha_image(depth, camera)
+            hha = hha_of_corrupted(depth, camera)
         input_seconds = time.perf_counter() - start
         start = time.perf_counter()
         pred = predict(network, rgb, hha, cfg, device, amp_dtype, prediction)
@@ -440,7 +478,7 @@ def main(argv=None):
                'depth_scale': args.depth_scale or DEFAULT_DEPTH_SCALE if args.depth else None,
                'depth_encoding': args.depth_encoding or 'plain' if args.depth else None,
                **{k: list(v) if isinstance(v, tuple) else v for k, v in prediction.items()},
-               'amp': args.amp, 'device': device.type, 'class_names': cfg.class_names, 'images': images}
+               'corruptions': [str(s) for s in corruptions], 'amp': args.amp, 'device': device.type, 'class_names': cfg.class_names, 'images': images}
     write_json(os.path.join(args.out, SUMMARY_FILE), summary)
     print(f'wrote {len(images)} prediction(s) to {args.out}')
     return summary

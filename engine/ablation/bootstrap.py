@@ -1,7 +1,6 @@
-"""Per-image confusion matrices of a cell's last checkpoint, for the bootstrap over the test images.
-
-They are computed once, in this process, with the evaluation val.py runs (the cell's saved config,
-its eval_mode, scales and flip), and kept in the cell folder."""
+"""A finished cell's last checkpoint loaded again in this process, as val.py evaluates it (the cell's
+saved config, its eval_mode, scales and flip), and its per-image confusion matrices for the bootstrap
+over the test images, computed once and kept in the cell folder."""
 import os
 
 import numpy
@@ -18,19 +17,27 @@ from models.weight_layouts import load_checkpoint
 IMAGE_HISTS = 'image_hists.npy'   # in a cell folder: (images, classes, classes) int64
 
 
-def image_hists(cell) -> numpy.ndarray:
-    """The cell's per-image confusion matrices of its last checkpoint (cached in its folder)."""
-    path = os.path.join(cell.folder, IMAGE_HISTS)
-    if os.path.isfile(path):
-        return numpy.load(path)
+SINGLE_CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device('cpu'))
+
+
+def load_cell(cell):
+    """(model of the cell's last checkpoint, the cell's saved config, its test split) as val.py
+    evaluates them."""
     run = rd.run_dir(cell.folder, cell.mode)
     cfg = load_config(rd.run_file(run, rd.CONFIG_FILE))
     spec = RunSpec.for_evaluation(cell.mode)
     model = spec.build_model(cfg)
     load_checkpoint(model, rd.checkpoint_path(run, rd.LAST), mmap=True)
-    dataset = spec.dataset(cfg, 'val', EvalTransform(cfg))
-    single = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device('cpu'))
-    metrics = evaluate(model, cfg, single, dataset, progress=False, per_image=True)
+    return model, cfg, spec.dataset(cfg, 'val', EvalTransform(cfg))
+
+
+def image_hists(cell) -> numpy.ndarray:
+    """The cell's per-image confusion matrices of its last checkpoint (cached in its folder)."""
+    path = os.path.join(cell.folder, IMAGE_HISTS)
+    if os.path.isfile(path):
+        return numpy.load(path)
+    model, cfg, dataset = load_cell(cell)
+    metrics = evaluate(model, cfg, SINGLE_CPU, dataset, progress=False, per_image=True)
     hists = metrics['image_hists'].numpy()
     numpy.save(path, hists)
     return hists
