@@ -196,6 +196,7 @@ def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rer
     assert os.path.getsize(os.path.join(out, ablate.CURVES_FILE)) > 1000
 
 
+@pytest.mark.integration
 def test_bootstrap_over_the_test_images_of_a_finished_grid(killed_and_rerun):
     out, opts, _, _, _ = killed_and_rerun
     proc = subprocess.run(run_grid(out, opts, '--report-only', '--bootstrap'), cwd=REPO_ROOT, env=launch_env(),

@@ -12,6 +12,7 @@ TINY = ['-c', DEMO_CONFIG, '--backbones', 'mit_b0', '--size', '64', '96', '--rep
         '--device', 'cpu', '--opts', 'decoder_embed_dim=16']
 
 
+@pytest.mark.heavy
 def test_report(tmp_path):
     out = tmp_path / 'infer.json'
     report = benchmark_infer.main(TINY + ['--json', str(out)])

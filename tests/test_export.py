@@ -73,6 +73,7 @@ def run_onnxruntime(path, rgb, extra=None):
     return session.run([OUTPUT_NAME], feed)[0]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('role', ['student', 'teacher'])
 def test_onnxruntime_gives_torchs_logits(role, dataset_root, models, exported):
     path, report = exported[role]
@@ -95,6 +96,7 @@ def test_onnxruntime_gives_torchs_logits(role, dataset_root, models, exported):
     assert inputs[0].shape[2:] == ([HEIGHT, WIDTH] if role == 'student' else ['height', 'width'])
 
 
+@pytest.mark.heavy
 def test_dynamic_file_takes_other_sizes_and_batches(models, exported):
     model = models['teacher'][0]
     rgb = torch.randn(3, 3, 70, 90, generator=torch.Generator().manual_seed(4))
@@ -104,6 +106,7 @@ def test_dynamic_file_takes_other_sizes_and_batches(models, exported):
     assert logits.shape == expected.shape and (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
 
 
+@pytest.mark.heavy
 def test_metadata_records_the_input_preparation(dataset_root, exported):
     metadata = onnxruntime.InferenceSession(exported['student'][0], providers=['CPUExecutionProvider']) \
         .get_modelmeta().custom_metadata_map
@@ -113,6 +116,7 @@ def test_metadata_records_the_input_preparation(dataset_root, exported):
     assert json.loads(metadata['class_names']) == cfg.class_names
 
 
+@pytest.mark.heavy
 def test_infer_with_onnx_predicts_as_torch(dataset_root, models, exported, tmp_path):
     labels = {}
     for runtime, model_flags in (('torch', ['-e', models['student'][1]]), ('onnx', ['--onnx', exported['student'][0]])):
@@ -125,6 +129,7 @@ def test_infer_with_onnx_predicts_as_torch(dataset_root, models, exported, tmp_p
     assert (labels['torch'] == labels['onnx']).mean() >= 0.999
 
 
+@pytest.mark.heavy
 def test_a_file_that_disagrees_is_not_kept(dataset_root, models, exported, tmp_path, monkeypatch, capsys):
     """The exporter replaced by a copy of another student's file: the check compares real outputs."""
     monkeypatch.setattr(export, 'export_onnx', lambda model, role, cfg, path, size, dynamic:
@@ -165,6 +170,7 @@ def test_bad_input_is_one_line(case, dataset_root, models, tmp_path, capsys):
         assert out.read_bytes() == b'mine'
 
 
+@pytest.mark.heavy
 def test_infer_refuses_an_onnx_file_of_another_config(dataset_root, exported, tmp_path, capsys):
     with pytest.raises(SystemExit):
         infer.main(['-c', DEMO, '--onnx', exported['student'][0], '--rgb', os.path.join(dataset_root, 'RGB'),

@@ -144,6 +144,7 @@ def test_resume_auto_skips_a_torn_file(tmp_path):
     assert any('last.pth' in m for m in messages)
 
 
+@pytest.mark.heavy
 def test_resumed_run_equals_uninterrupted_run(dataset, teacher_checkpoint, tmp_path):
     opts = ['--teacher', teacher_checkpoint, '--device', 'cpu']
     full_dir, split_dir = str(tmp_path / 'full'), str(tmp_path / 'split')
@@ -164,6 +165,7 @@ def test_resumed_run_equals_uninterrupted_run(dataset, teacher_checkpoint, tmp_p
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
+@pytest.mark.heavy
 def test_evaluating_every_epoch_leaves_training_unchanged(dataset, teacher_checkpoint, tmp_path):
     # Best-on-test selection evaluates every epoch; the last checkpoint must be the one a run that
     # evaluates only at its end gives, bit for bit (evaluation draws no randomness, updates no buffer).
@@ -257,6 +259,7 @@ def test_cudnn_benchmark_follows_the_config(dataset, tmp_path, monkeypatch, enab
     assert torch.backends.cudnn.benchmark is enabled
 
 
+@pytest.mark.heavy
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, teacher_checkpoint, tmp_path, monkeypatch):
     log_dir = str(tmp_path / 'run')
     argv = ['--config', DEMO_CONFIG, '--teacher', teacher_checkpoint, '--device', 'cpu',
