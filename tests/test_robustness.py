@@ -14,7 +14,7 @@ from dataloader.corruptions import CorruptionSetting, shift_right
 from dataloader.dataset import RGBXDataset
 from dataloader.synthetic_rooms import scaled_camera
 from engine import robustness
-from engine.ablation import robustness as grid_robustness
+from engine.ablation import robustness_grid as grid_robustness
 from tools import infer
 from utils.conversion import read_depth_png
 from utils.hha import inpainted_hha

@@ -59,7 +59,7 @@ from engine.ablation import (BUILT_IN_VARIANTS, RGB_TEACHER, CellFailed, GridErr
                              grid_record,
                              load_variants_file, plan_grid, run_grid, write_report)
 from engine.ablation.bootstrap import image_hists
-from engine.ablation.robustness import ROBUSTNESS_FILES, write_robustness
+from engine.ablation.robustness_grid import ROBUSTNESS_FILES, write_robustness
 
 
 def get_args_parser():

@@ -5,6 +5,7 @@ variants  what a variant is, the built-in ones, a user's file of them, the order
 grid      the cells: commands, specs, reuse of recorded cells, running them
 report    the figures: last and best-on-test, paired differences, curves, the schedule rule
 bootstrap per-image confusion matrices of a cell, for the bootstrap over the test images
+robustness_grid  the cells under corrupted test inputs (--corrupt): per-cell rows, paired differences
 """
 from .grid import (CELL_RESULT, CELL_SPEC, Cell, CellFailed, check_cells, plan_cells, plan_grid, run_grid)
 from . import report
