@@ -32,6 +32,7 @@ zero-padded scene index, training scenes first.
 """
 import colorsys
 import dataclasses
+import fcntl
 import os
 import shutil
 from multiprocessing import Pool
@@ -590,15 +591,24 @@ def ensure_synthetic_dataset(cfg, workers=None):
     """Writes the dataset a config names (synthetic_preset, synthetic_seed, its image counts and
     size) to its dataset_path unless the training split is already there, which is used as it is.
     Returns True when it wrote; configs of real datasets (synthetic_preset None) are left alone.
-    A folder that holds files but no split (an interrupted generation) raises FileExistsError."""
-    if cfg.synthetic_preset is None or os.path.isfile(os.path.join(cfg.dataset_path, cfg.train_source)):
+    A folder that holds files but no split (an interrupted generation) raises FileExistsError.
+    Processes that start at once (two grids, say) take turns on a lock file beside the folder: one
+    writes, the others then find the split and use it."""
+    split = os.path.join(cfg.dataset_path, cfg.train_source)
+    if cfg.synthetic_preset is None or os.path.isfile(split):
         return False
-    print(f'generating {cfg.num_train_imgs} + {cfg.num_eval_imgs} synthetic scenes '
-          f'(preset {cfg.synthetic_preset}, seed {cfg.synthetic_seed}) in {cfg.dataset_path}', flush=True)
-    try:
-        make_synthetic_dataset(cfg.dataset_path, cfg.num_train_imgs, cfg.num_eval_imgs, cfg.image_height,
-                               cfg.image_width, cfg.synthetic_seed, PRESETS[cfg.synthetic_preset], workers)
-    except FileExistsError as error:
-        raise FileExistsError(f'{error} but no {cfg.train_source}: remove it, or regenerate it with '
-                              f'tools/make_synthetic.py --overwrite') from None
+    root = os.path.abspath(cfg.dataset_path)
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    with open(os.path.join(os.path.dirname(root), f'.{os.path.basename(root)}.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes or the process dies
+        if os.path.isfile(split):
+            return False
+        print(f'generating {cfg.num_train_imgs} + {cfg.num_eval_imgs} synthetic scenes '
+              f'(preset {cfg.synthetic_preset}, seed {cfg.synthetic_seed}) in {cfg.dataset_path}', flush=True)
+        try:
+            make_synthetic_dataset(cfg.dataset_path, cfg.num_train_imgs, cfg.num_eval_imgs, cfg.image_height,
+                                   cfg.image_width, cfg.synthetic_seed, PRESETS[cfg.synthetic_preset], workers)
+        except FileExistsError as error:
+            raise FileExistsError(f'{error} but no {cfg.train_source}: remove it, or regenerate it with '
+                                  f'tools/make_synthetic.py --overwrite') from None
     return True

@@ -293,3 +293,22 @@ def test_interrupted_generation_is_one_clear_error(tmp_path):
     (tmp_path / 'Synthetic' / 'RGB' / '0000.png').write_bytes(b'')
     with pytest.raises(FileExistsError, match='no train.txt: remove it, or regenerate it with .*--overwrite'):
         ensure_synthetic_dataset(cfg)
+
+
+def _ensure(path):
+    cfg = load_config(os.path.join(REPO_ROOT, 'config', 'demo.py'),
+                      {'dataset_path': path, 'num_train_imgs': 6, 'num_eval_imgs': 2, 'image_height': 32,
+                       'image_width': 48})
+    return ensure_synthetic_dataset(cfg, workers=1)
+
+
+@pytest.mark.integration
+def test_generations_started_at_once_take_turns(tmp_path):
+    """Two grids started together on one synthetic config: one writes the dataset, the other waits for
+    it and uses it (before the lock, the second saw a half-written folder and stopped)."""
+    import multiprocessing
+    path = str(tmp_path / 'Synthetic')
+    with multiprocessing.get_context('spawn').Pool(2) as pool:
+        wrote = pool.map(_ensure, [path, path])
+    assert sorted(wrote) == [False, True]
+    assert sorted(os.listdir(path)) == ['Depth', 'HHA', 'Label', 'RGB', 'test.txt', 'train.txt']
