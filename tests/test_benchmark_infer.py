@@ -12,7 +12,8 @@ TINY = ['-c', DEMO_CONFIG, '--backbones', 'mit_b0', '--size', '64', '96', '--rep
         '--device', 'cpu', '--opts', 'decoder_embed_dim=16']
 
 
-@pytest.mark.heavy
+# An ONNX export (as tests/test_export.py checks it) plus timed repeats: out of CI's time budget.
+@pytest.mark.slow
 def test_report(tmp_path):
     out = tmp_path / 'infer.json'
     report = benchmark_infer.main(TINY + ['--json', str(out)])
