@@ -248,3 +248,37 @@ def test_readme_figures_match_benchmarks(grid):
 def test_the_corruption_table_of_the_docs_is_the_codes():
     from dataloader.corruptions import markdown_table
     assert markdown_table() in read('docs/robustness.md')
+
+
+def results_rows(heading):
+    """{first cell: [cells]} of the first table under `heading` in docs/results.md, minus signs as '-'."""
+    text = read('docs/results.md').replace('−', '-')
+    section = text.split(heading, 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith('|---'):
+            continue
+        if line.startswith('|'):
+            cells = [c.strip() for c in line.strip('|').split('|')]
+            rows[cells[0]] = cells[1:]
+        elif rows:
+            break
+    return rows
+
+
+def test_the_distiller_table_of_results_md_matches_its_benchmark():
+    with open(os.path.join(REPO_ROOT, 'benchmarks', 'short_nyu_like', 'results.json')) as f:
+        variants = json.load(f)['variants']
+    rows = results_rows('### Standard distillers beside PrimKD')
+    labels = {'CMX baseline': 'cmx', 'PrimKD (KL + feature)': 'primkd', 'KL only': 'kl_only', 'KD (τ 4)': 'kd',
+              'CWD (τ 4, weight 3)': 'cwd', 'DIST (τ 1)': 'dist'}
+    assert set(rows) >= set(labels) | {'variant'}
+    for label, name in labels.items():
+        last, difference, bootstrap = rows[label]
+        figures = variants[name]
+        assert last.startswith(f"{figures['miou']['mean']:.1f} ± {figures['miou']['sd']:.1f}"), label
+        if name == 'cmx':
+            continue
+        assert difference.startswith(f"{figures['difference']['mean']:+.1f}".lstrip('+')), label
+        boot = figures['bootstrap']
+        assert bootstrap == f"[{boot['low']:+.1f}, {boot['high']:+.1f}]".replace('[+', '[').replace(' +', ' +'), label

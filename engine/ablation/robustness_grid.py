@@ -16,7 +16,7 @@ from utils.io import atomic_write, write_json
 from utils.statistics import seed_statistics
 
 from .bootstrap import SINGLE_CPU, load_cell
-from .report import interval, paired, versions
+from .report import interval, paired, spread, versions
 
 CELL_ROBUSTNESS = 'robustness.json'   # in a cell folder
 ROBUSTNESS_FILES = ('robustness.json', 'robustness.md', 'robustness.png')
@@ -167,3 +167,29 @@ def write_robustness(cells, order, reference, out, grid, settings) -> str:
     robustness.plot(_as_models(summary, 'mean'), png_path, title=f'{grid["config"]} {" ".join(grid["opts"])}',
                     spread=_as_models(summary, 'sd'))
     return table
+
+
+def docs_excerpt(record: dict, variants=('rgb_teacher', 'cmx', 'primkd')) -> str:
+    """The table docs/robustness.md shows of a DIR/robustness.json (a test keeps the two equal): per
+    corruption the mIoU under it (mean over severities, mean ± sd over seeds) of `variants`, and the
+    paired differences of the last variant to the reference."""
+    summary = {v: record['variants'][v] for v in variants if v in record['variants']}
+    last, reference = list(summary)[-1], record['reference']
+    seeds = ' '.join(map(str, record['seeds']))
+    names = [n for n in CORRUPTIONS if any(n in e['corruptions'] for e in summary.values())]
+
+    def stat(entry):
+        return '–' if entry is None else spread(entry)
+
+    lines = [f'| {record["config"]}, seeds {seeds} | ' + ' | '.join(summary) +
+             f' | {last} − {reference}: corrupted | drop |', '|---|' + '---|' * (len(summary) + 2),
+             '| clean | ' + ' | '.join(stat(e['clean']) for e in summary.values()) + ' | | |']
+    for name in names:
+        cells = []
+        for entry in summary.values():
+            s = entry['corruptions'].get(name, {'applicable': False})
+            cells.append(stat(s['mean']) if s['applicable'] else robustness.NOT_APPLICABLE)
+        pair = summary[last]['corruptions'].get(name, {}).get('vs_reference')
+        cells += ['–', '–'] if pair is None else [interval(pair['mean']), interval(pair['drop'])]
+        lines.append(f'| `{name}` | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
