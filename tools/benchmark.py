@@ -96,7 +96,7 @@ GPU_PEAK_TFLOPS = (
 PEAK_KIND = {'fp32': 'tf32', 'bf16': 'bf16', 'fp16': 'bf16'}
 
 
-class Variant(NamedTuple):
+class SpeedVariant(NamedTuple):
     name: str
     precision: str
     channels_last: bool
@@ -107,7 +107,7 @@ class Variant(NamedTuple):
         return AMP_DTYPES[PRECISION_AMP[self.precision]]
 
 
-def parse_variant(text: str) -> Variant:
+def parse_variant(text: str) -> SpeedVariant:
     precision, *options = text.split('+')
     if precision not in PRECISION_AMP:
         raise ValueError(f"--variants: {text!r} must start with one of {', '.join(PRECISION_AMP)}")
@@ -115,7 +115,7 @@ def parse_variant(text: str) -> Variant:
     if unknown or len(set(options)) != len(options):
         raise ValueError(f"--variants: {text!r}: after the precision come '+' and any of "
                          f"{', '.join(OPTIONS)}, each at most once")
-    return Variant(text, precision, *(option in options for option in OPTIONS))
+    return SpeedVariant(text, precision, *(option in options for option in OPTIONS))
 
 
 def get_args_parser():
@@ -174,7 +174,7 @@ def check_args(args, parser, cfg):
     return device, batch, (height, width), variants
 
 
-def unsupported(variant: Variant, device: torch.device) -> Optional[str]:
+def unsupported(variant: SpeedVariant, device: torch.device) -> Optional[str]:
     """Why `device` cannot run `variant`, or None (train.py's own check of its amp setting)."""
     return unsupported_amp(PRECISION_AMP[variant.precision], device)
 
