@@ -232,7 +232,7 @@ def run_grid(cells, rerun_changed=False, on_cell_done=None):
             on_cell_done()
 
 
-def check_dataset(cfg):
+def ensure_grid_dataset(cfg):
     """The grid trains on one dataset for every cell: a synthetic config's data is generated once
     (dataloader/synthetic_rooms.ensure_synthetic_dataset, from its synthetic_seed, never a cell's seed);
     any other must exist."""
@@ -267,7 +267,7 @@ def plan_grid(config, requested, seeds, out, opts, reference='cmx', teacher_file
         if not os.path.isfile(teacher_file):
             raise GridError(f"--teacher: '{teacher_file}' does not exist")
     try:
-        check_dataset(load_config(config, opts))
+        ensure_grid_dataset(load_config(config, opts))
     except ConfigError as e:
         raise GridError(str(e)) from None
     order = grid_order(requested, reference, variants, teacher_file is not None)
