@@ -9,7 +9,9 @@ instead, before its holes are in-painted and HHA is made (corrupt_depth_metres),
 
 Every corruption is deterministic per image: its random draws come from (seed, corruption name,
 image key) alone, not from the severity, so a hole at severity 2 is also a hole at severity 3 and
-every model compared sees the same corrupted images.
+every model compared sees the same corrupted images. On a dataset split, depth_missing drops exactly
+the severity's share of the frames (those first in the order of their draws: frame_quantiles); a
+single image (tools/infer.py) loses its depth with that probability.
 """
 import argparse
 import zlib
@@ -102,6 +104,13 @@ def image_rng(seed: int, name: str, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(key.encode())])
 
 
+def frame_quantiles(keys, seed: int = 0) -> dict:
+    """{key: (rank + 0.5) / n} of the frames in the order of their depth_missing draws: the frames with a
+    quantile below a share s are exactly round(s * n) of them."""
+    order = sorted(keys, key=lambda key: image_rng(seed, 'depth_missing', key).random())
+    return {key: (rank + 0.5) / len(order) for rank, key in enumerate(order)}
+
+
 def hole_mask(shape, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of `fraction` of the pixels, in blobs: the lowest values of smoothed noise."""
     height, width = shape
@@ -125,10 +134,14 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def _corrupt_depth_image(extra: np.ndarray, setting: CorruptionSetting, rng) -> np.ndarray:
+def _frame_missing(level, rng, quantile) -> bool:
+    return (rng.random() if quantile is None else quantile) < level
+
+
+def _corrupt_depth_image(extra: np.ndarray, setting: CorruptionSetting, rng, quantile=None) -> np.ndarray:
     name, level = setting.name, setting.level
     if name == 'depth_missing':
-        return np.zeros_like(extra) if rng.random() < level else extra
+        return np.zeros_like(extra) if _frame_missing(level, rng, quantile) else extra
     if name == 'depth_holes':
         out = extra.copy()
         out[hole_mask(extra.shape[:2], level, rng)] = 0
@@ -159,9 +172,10 @@ def _corrupt_rgb_image(rgb: np.ndarray, setting: CorruptionSetting, rng) -> np.n
 
 
 def corrupt_images(rgb: np.ndarray, extra: Optional[np.ndarray], setting: Optional[CorruptionSetting],
-                   key: str, seed: int = 0):
-    """(rgb, extra) with `setting` applied to the images of one item (key: its name). The clean setting
-    (None or severity 0) returns them unchanged; a depth corruption needs the extra image."""
+                   key: str, seed: int = 0, quantile: Optional[float] = None):
+    """(rgb, extra) with `setting` applied to the images of one item (key: its name; quantile: its
+    frame_quantiles entry in a split, for depth_missing). The clean setting (None or severity 0) returns
+    them unchanged; a depth corruption needs the extra image."""
     if setting is None or setting.severity == 0:
         return rgb, extra
     rng = image_rng(seed, setting.name, key)
@@ -170,7 +184,7 @@ def corrupt_images(rgb: np.ndarray, extra: Optional[np.ndarray], setting: Option
     if extra is None:
         raise CorruptionError(f'{setting}: a depth corruption needs the extra modality, which this model '
                               f'does not take')
-    return rgb, _corrupt_depth_image(extra, setting, rng)
+    return rgb, _corrupt_depth_image(extra, setting, rng, quantile)
 
 
 def corrupt_depth_metres(depth: np.ndarray, setting: CorruptionSetting, key: str, seed: int = 0) -> np.ndarray:
@@ -181,7 +195,7 @@ def corrupt_depth_metres(depth: np.ndarray, setting: CorruptionSetting, key: str
     rng = image_rng(seed, name, key)
     measured = depth > 0
     if name == 'depth_missing':
-        return np.zeros_like(depth) if rng.random() < level else depth
+        return np.zeros_like(depth) if _frame_missing(level, rng, None) else depth
     if name == 'depth_holes':
         out = depth.copy()
         out[hole_mask(depth.shape, level, rng)] = 0

@@ -33,7 +33,7 @@ import torch
 from config import derive_niters_per_epoch
 from utils.constants import LAST_STAGE_STRIDE
 
-from .corruptions import corrupt_images
+from .corruptions import corrupt_images, frame_quantiles
 from .transforms import EvalTransform, TrainTransform
 
 DEPTH_PNG_MAX_MM = 10000        # 16-bit single-channel files: 0..10 m -> 0..255
@@ -322,6 +322,7 @@ class RGBXDataset(torch.utils.data.Dataset):
             raise ValueError("config key 'niters_per_epoch' is None: resolve_split_sizes(cfg) derives it "
                              "from the training split before a training dataset is built")
         self.names = check_dataset(cfg, split, with_extra=with_extra)
+        self.frame_quantiles = frame_quantiles(self.names) if corruption is not None else {}
         if split == 'train':
             self.items = epoch_names(self.names, cfg.niters_per_epoch * cfg.batch_size, cfg.seed)
         else:
@@ -337,6 +338,7 @@ class RGBXDataset(torch.utils.data.Dataset):
         """The same dataset (not checked again) with its images under `corruption`."""
         other = copy.copy(self)
         other.corruption = corruption
+        other.frame_quantiles = frame_quantiles(self.names)
         return other
 
     def read(self, name):
@@ -347,7 +349,7 @@ class RGBXDataset(torch.utils.data.Dataset):
         for path, array in zip(paths, arrays):
             if path is not None and array is None:
                 raise DatasetError(f"'{path}' cannot be read (it could when the dataset was checked)")
-        rgb, extra = corrupt_images(*arrays[:2], self.corruption, key=name)
+        rgb, extra = corrupt_images(*arrays[:2], self.corruption, key=name, quantile=self.frame_quantiles.get(name))
         return rgb, extra, transform_label(arrays[2], self.cfg.gt_transform, self.cfg.background)
 
     def __getitem__(self, item):

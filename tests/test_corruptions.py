@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dataloader.corruptions import (CORRUPTIONS, SEVERITIES, CorruptionError, CorruptionSetting, corrupt_depth_metres,
-                                    corrupt_images, corruption_arg, markdown_table, parse_corruption,
-                                    parse_corruptions, shift_right)
+                                    corrupt_images, corruption_arg, frame_quantiles, markdown_table,
+                                    parse_corruption, parse_corruptions, shift_right)
 
 H, W = 120, 160
 
@@ -166,3 +166,15 @@ def test_the_table_of_the_docs_has_every_corruption_and_severity():
     assert len(table) == 2 + len(CORRUPTIONS)
     for line, corruption in zip(table[2:], CORRUPTIONS.values()):
         assert f'`{corruption.name}`' in line and line.count('|') == 9
+
+
+@pytest.mark.parametrize('count', [50, 7])
+def test_on_a_split_depth_missing_drops_exactly_the_share_of_frames(count):
+    _, extra = images()
+    keys = [f'{i:04d}' for i in range(200, 200 + count)]
+    quantiles = frame_quantiles(keys)
+    assert sorted(quantiles.values()) == [(r + 0.5) / count for r in range(count)]
+    for severity, share in zip(SEVERITIES, CORRUPTIONS['depth_missing'].levels):
+        dropped = [k for k in keys if not corrupt_images(None, extra, setting('depth_missing', severity), k,
+                                                         quantile=quantiles[k])[1].any()]
+        assert abs(len(dropped) - share * count) <= 0.5   # the nearest count to the share
