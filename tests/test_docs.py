@@ -282,3 +282,12 @@ def test_the_distiller_table_of_results_md_matches_its_benchmark():
         assert difference.startswith(f"{figures['difference']['mean']:+.1f}".lstrip('+')), label
         boot = figures['bootstrap']
         assert bootstrap == f"[{boot['low']:+.1f}, {boot['high']:+.1f}]".replace('[+', '[').replace(' +', ' +'), label
+
+
+@pytest.mark.parametrize('name', sorted(n for n in os.listdir(os.path.join(REPO_ROOT, 'benchmarks'))
+                                        if n.startswith('robustness_') and n.endswith('.json')))
+def test_the_robustness_tables_of_the_docs_are_the_benchmarks(name):
+    from engine.ablation.robustness_grid import docs_excerpt
+    with open(os.path.join(REPO_ROOT, 'benchmarks', name)) as f:
+        record = json.load(f)
+    assert docs_excerpt(record) in read('docs/robustness.md'), f'docs/robustness.md does not show benchmarks/{name}'

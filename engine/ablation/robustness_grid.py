@@ -192,4 +192,10 @@ def docs_excerpt(record: dict, variants=('rgb_teacher', 'cmx', 'primkd')) -> str
         pair = summary[last]['corruptions'].get(name, {}).get('vs_reference')
         cells += ['–', '–'] if pair is None else [interval(pair['mean']), interval(pair['drop'])]
         lines.append(f'| `{name}` | ' + ' | '.join(cells) + ' |')
+    if 'depth_missing' in names:   # the sensor failed outright: no frame has depth
+        cells = []
+        for entry in summary.values():
+            s = entry['corruptions'].get('depth_missing', {'applicable': False})
+            cells.append(stat(s['miou'].get('5')) if s['applicable'] else f"{stat(entry['clean'])} (clean)")
+        lines.append('| no depth at all (`depth_missing:5`) | ' + ' | '.join(cells) + ' | | |')
     return '\n'.join(lines) + '\n'
