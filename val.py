@@ -31,7 +31,7 @@ import sys
 import time
 
 from config import ConfigError, add_config_args, config_from_args
-from dataloader.corruptions import CORRUPTIONS, corruption_arg
+from dataloader.corruptions import CORRUPTIONS, corruption_arg, unique_settings
 from dataloader.dataset import DatasetError
 from dataloader.transforms import EvalTransform
 from engine import distributed as du
@@ -191,7 +191,7 @@ def main(args, parser):
     except InferenceError as e:
         fail(str(e))
     eval_mode, scales, flip = prediction['eval_mode'], prediction['scales'], prediction['flip']
-    corruptions = list(dict.fromkeys(s for group in args.corrupt or () for s in group))
+    corruptions = unique_settings(args.corrupt or ())
     # Inputs smaller than the encoder's last stride cannot go through it.
     if any(round(min(cfg.image_height, cfg.image_width) * s) < LAST_STAGE_STRIDE for s in scales):
         fail(f'--scales {scales}: each scale must keep the image ({cfg.image_height}x{cfg.image_width}) '

@@ -93,10 +93,14 @@ def corruption_arg(text: str) -> list:
         raise argparse.ArgumentTypeError(str(e).removeprefix(f'--corrupt {text}: ')) from None
 
 
+def unique_settings(groups) -> list:
+    """The settings of several parsed --corrupt values (lists of settings), in order, each once."""
+    return list(dict.fromkeys(setting for group in groups for setting in group))
+
+
 def parse_corruptions(values) -> list:
     """The settings of several --corrupt values, in order, each once."""
-    settings = [setting for text in values for setting in parse_corruption(text)]
-    return list(dict.fromkeys(settings))
+    return unique_settings(parse_corruption(text) for text in values)
 
 
 def image_rng(seed: int, name: str, key: str) -> np.random.Generator:

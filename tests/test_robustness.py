@@ -18,21 +18,7 @@ from engine.ablation import robustness_grid as grid_robustness
 from tools import infer
 from utils.conversion import read_depth_png
 from utils.hha import inpainted_hha
-from test_val import DEMO, checkpoints, config, dataset_root, one_thread, opts, run_val  # noqa: F401 (fixtures)
-
-
-def counted_hist(model, cfg, dataset, with_extra):
-    """Whole-image arg-max confusion matrix over `dataset`, counted with numpy."""
-    import torch
-    k = cfg.num_classes
-    hist = np.zeros((k, k), dtype=np.int64)
-    with torch.no_grad():
-        for item in dataset:
-            pred = model(item['rgb'][None], item['extra'][None] if with_extra else None).logits.argmax(1)[0].numpy()
-            label = item['label'].numpy()
-            keep = label != cfg.background
-            hist += np.bincount(k * label[keep] + pred[keep], minlength=k * k).reshape(k, k)
-    return hist
+from test_val import DEMO, checkpoints, config, dataset_root, direct_hist, one_thread, opts, run_val  # noqa: F401 (fixtures)
 
 
 def read_json(path):
@@ -53,7 +39,7 @@ def test_val_corrupt_keeps_the_clean_evaluation_and_adds_a_row_per_setting(datas
         ('depth_holes', 2), ('rgb_blur', 4)] + [('depth_shift', s) for s in range(1, 6)]
     for row in record['corruptions']:
         setting = CorruptionSetting(row['corruption'], row['severity'])
-        expected = counted_hist(student, cfg, RGBXDataset(cfg, 'val', corruption=setting), True)
+        expected = direct_hist(student, cfg, 'student', RGBXDataset(cfg, 'val', corruption=setting))
         assert row['applicable'] and np.array_equal(np.array(row['hist']), expected), setting
         assert row['hist'] != clean['hist'] or row['corruption'] == 'depth_shift'
     table = (tmp_path / 'corrupt_robustness.md').read_text()

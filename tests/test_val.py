@@ -87,12 +87,13 @@ def run_val(argv):
     return val.main(parser.parse_args(argv), parser)
 
 
-def direct_hist(model, cfg, role):
-    """Confusion matrix of whole-image arg-max predictions, counted with numpy."""
+def direct_hist(model, cfg, role, dataset=None):
+    """Confusion matrix of whole-image arg-max predictions on `dataset` (default: the clean test
+    split), counted with numpy."""
     k = cfg.num_classes
     hist = np.zeros((k, k), dtype=np.int64)
     with torch.no_grad():
-        for item in RGBXDataset(cfg, 'val'):
+        for item in RGBXDataset(cfg, 'val') if dataset is None else dataset:
             extra = item['extra'][None] if role == 'student' else None
             pred = model(item['rgb'][None], extra).logits.argmax(dim=1)[0].numpy()
             label = item['label'].numpy()

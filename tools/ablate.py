@@ -54,7 +54,7 @@ import argparse
 import os
 
 from config import REPO_ROOT, add_config_args
-from dataloader.corruptions import corruption_arg
+from dataloader.corruptions import corruption_arg, unique_settings
 from engine.ablation import (BUILT_IN_VARIANTS, RGB_TEACHER, CellFailed, GridError, RESULTS_FILE, TABLE_FILE,
                              grid_record,
                              load_variants_file, plan_grid, run_grid, write_report)
@@ -116,8 +116,7 @@ def main(args, parser):
     print('\n' + report(args.bootstrap))
     print(f'figures in {os.path.join(out, RESULTS_FILE)} and {os.path.join(out, TABLE_FILE)}')
     if args.corrupt:
-        settings = list(dict.fromkeys(s for group in args.corrupt for s in group))
-        print('\n' + write_robustness(cells, order, args.reference, out, grid, settings))
+        print('\n' + write_robustness(cells, order, args.reference, out, grid, unique_settings(args.corrupt)))
         print(f'robustness figures in {os.path.join(out, ROBUSTNESS_FILES[0])}, .md and .png')
 
 
