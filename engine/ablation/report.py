@@ -194,15 +194,42 @@ def markdown_tables(summary, class_names, order, variants, reference, seeds, con
         lines += ['', f'Schedule rule: training has stopped improving when the seeds\' mean test mIoU rose by less '
                       f'than one seed-sd of the final figures over the last third of the epochs (each end the mean '
                       f'of {SMOOTHING} evaluated epochs).', '',
-                  '| variant | epochs | seeds | mIoU at 2/3 | at the end | gain | final sd | stopped improving |',
-                  '|---|---|---|---|---|---|---|---|']
-        for name, item in schedule.items():
-            if item is not None:
-                verdict = {True: 'yes', False: 'no', None: '– (one seed)'}[item['plateau']]
-                lines.append(f'| {name} | {item["epochs"]} | {item["seeds"]} | {figure(item["at_two_thirds"])} | '
-                             f'{figure(item["at_end"])} | {figure(item["gain_last_third"], True)} | '
-                             f'{figure(item["final_sd"])} | {verdict} |')
+                  *schedule_table(schedule)]
     return '\n'.join(lines) + '\n'
+
+
+def schedule_table(schedule):
+    """The schedule rule's evidence as Markdown table lines."""
+    lines = ['| variant | epochs | seeds | mIoU at 2/3 | at the end | gain | final sd | stopped improving |',
+             '|---|---|---|---|---|---|---|---|']
+    for name, item in schedule.items():
+        if item is not None:
+            verdict = {True: 'yes', False: 'no', None: '– (one seed)'}[item['plateau']]
+            lines.append(f'| {name} | {item["epochs"]} | {item["seeds"]} | {figure(item["at_two_thirds"])} | '
+                         f'{figure(item["at_end"])} | {figure(item["gain_last_third"], True)} | '
+                         f'{figure(item["final_sd"])} | {verdict} |')
+    return lines
+
+
+def docs_excerpt(record: dict) -> str:
+    """The tables docs/results.md shows of a DIR/results.json (a test keeps the two equal): per
+    variant the finished seeds, last and best-on-test mIoU, best - last and the paired differences to
+    the reference under both protocols (and the bootstrap over test images, if the grid has one); then
+    the schedule rule's evidence."""
+    reference, seeds = record['reference'], ' '.join(map(str, record['seeds']))
+    boot = any(entry.get('bootstrap') for entry in record['variants'].values())
+    lines = [f'| {record["config"]} {" ".join(record["opts"])}, seeds {seeds} | seeds done | last | best | '
+             f'best − last | Δ last vs {reference} | Δ best vs {reference} |' + (' Δ last, bootstrap |' if boot else ''),
+             '|---|---|---|---|---|---|---|' + ('---|' if boot else '')]
+    for name, entry in record['variants'].items():
+        done = ' '.join(entry['miou']['seeds']) or '–'
+        compared = (['(reference)'] * 2 if name == reference
+                    else [interval(entry.get('difference')), interval(entry.get('difference_best'))])
+        if boot:
+            compared.append('' if name == reference else interval(entry.get('bootstrap')))
+        lines.append(f'| `{name}` | {done} | {spread(entry["miou"])} | {spread(entry["best_miou"])} | '
+                     f'{figure(entry["best_minus_last"]["mean"], True)} | ' + ' | '.join(compared) + ' |')
+    return '\n'.join(lines + [''] + schedule_table(record['schedule_rule'])) + '\n'
 
 
 def plot_curves(curves, order, path, title):
