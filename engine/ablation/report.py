@@ -164,17 +164,10 @@ def markdown_tables(summary, class_names, order, variants, reference, seeds, con
              f'mean [95% Student-t interval over seeds]'
              + ('; bootstrap: 95% percentile interval over the test images (last checkpoints)' if boot else '')
              + '.', '',
-             f'| variant | mode | last | best | best − last | Δ last vs {reference} | Δ best vs {reference} |'
-             + (' Δ last, bootstrap |' if boot else ''),
-             '|---|---|---|---|---|---|---|' + ('---|' if boot else '')]
+             '| variant | mode | ' + ' | '.join(comparison_header(reference, boot)) + ' |',
+             '|---|---|' + '---|' * len(comparison_header(reference, boot))]
     for name in order:
-        entry = summary[name]
-        compared = (['(reference)', '(reference)'] if name == reference
-                    else [interval(entry.get('difference')), interval(entry.get('difference_best'))])
-        row = [name, variants[name].mode, spread(entry['miou']), spread(entry['best_miou']),
-               figure(entry['best_minus_last']['mean'], True), *compared]
-        if boot:
-            row.append('' if name == reference else interval(entry.get('bootstrap')))
+        row = [name, variants[name].mode, *comparison_cells(name, summary[name], reference, boot)]
         lines.append('| ' + ' | '.join(row) + ' |')
     lines += ['', 'Per seed: last / best (epoch of the best).', '',
               '| variant | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |', '|---|' + '---|' * len(seeds)]
@@ -198,6 +191,24 @@ def markdown_tables(summary, class_names, order, variants, reference, seeds, con
     return '\n'.join(lines) + '\n'
 
 
+def comparison_header(reference, boot):
+    """The column names of the last / best comparison (comparison_cells' figures)."""
+    return ['last', 'best', 'best − last', f'Δ last vs {reference}', f'Δ best vs {reference}',
+            *(['Δ last, bootstrap'] if boot else [])]
+
+
+def comparison_cells(name, entry, reference, boot):
+    """A variant's last and best-on-test mIoU, best - last and its paired differences to the reference
+    under both protocols (and the bootstrap over test images with `boot`), as table cells."""
+    if name == reference:
+        compared = ['(reference)', '(reference)', *([''] if boot else [])]
+    else:
+        compared = [interval(entry.get('difference')), interval(entry.get('difference_best')),
+                    *([interval(entry.get('bootstrap'))] if boot else [])]
+    return [spread(entry['miou']), spread(entry['best_miou']), figure(entry['best_minus_last']['mean'], True),
+            *compared]
+
+
 def schedule_table(schedule):
     """The schedule rule's evidence as Markdown table lines."""
     lines = ['| variant | epochs | seeds | mIoU at 2/3 | at the end | gain | final sd | stopped improving |',
@@ -218,17 +229,12 @@ def docs_excerpt(record: dict) -> str:
     the schedule rule's evidence."""
     reference, seeds = record['reference'], ' '.join(map(str, record['seeds']))
     boot = any(entry.get('bootstrap') for entry in record['variants'].values())
-    lines = [f'| {record["config"]} {" ".join(record["opts"])}, seeds {seeds} | seeds done | last | best | '
-             f'best − last | Δ last vs {reference} | Δ best vs {reference} |' + (' Δ last, bootstrap |' if boot else ''),
-             '|---|---|---|---|---|---|---|' + ('---|' if boot else '')]
+    header = comparison_header(reference, boot)
+    lines = [f'| {record["config"]} {" ".join(record["opts"])}, seeds {seeds} | seeds done | ' + ' | '.join(header)
+             + ' |', '|---|---|' + '---|' * len(header)]
     for name, entry in record['variants'].items():
         done = ' '.join(entry['miou']['seeds']) or '–'
-        compared = (['(reference)'] * 2 if name == reference
-                    else [interval(entry.get('difference')), interval(entry.get('difference_best'))])
-        if boot:
-            compared.append('' if name == reference else interval(entry.get('bootstrap')))
-        lines.append(f'| `{name}` | {done} | {spread(entry["miou"])} | {spread(entry["best_miou"])} | '
-                     f'{figure(entry["best_minus_last"]["mean"], True)} | ' + ' | '.join(compared) + ' |')
+        lines.append(f'| `{name}` | {done} | ' + ' | '.join(comparison_cells(name, entry, reference, boot)) + ' |')
     return '\n'.join(lines + [''] + schedule_table(record['schedule_rule'])) + '\n'
 
 
