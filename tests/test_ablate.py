@@ -4,9 +4,11 @@ stopped with one line before any work."""
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy
 import pytest
@@ -126,6 +128,49 @@ def test_schedule_rule_by_hand(tmp_path):
     # gain 18.3 against a final sd of 7.07: still improving.
     assert teacher['final_sd'] == pytest.approx(7.0711, abs=1e-3) and teacher['plateau'] is False
     assert rule['cmx'] is None
+
+
+def grid_of(epochs, opts, **last):
+    """A results.json record with the given seeds' last mIoU per variant."""
+    variants = {name: {'miou': {'n': len(values), 'mean': statistics.mean(values),
+                                'sd': statistics.stdev(values) if len(values) > 1 else None}}
+                for name, values in last.items()}
+    return {'config': 'config/demo.py', 'opts': [f'nepochs={epochs}', *opts], 'variants': variants,
+            'schedule_rule': {name: {'epochs': epochs} for name in last}}
+
+
+def test_schedule_doubling_rule_by_hand():
+    records = [grid_of(50, ['eval_step=1'], rgb_teacher=[70.0, 72.0], cmx=[80.0, 80.2]),
+               grid_of(100, ['eval_step=1'], rgb_teacher=[75.0, 77.0], cmx=[80.5]),
+               grid_of(100, [], rgb_teacher=[60.0, 61.0]),      # other options: no partner
+               grid_of(150, ['eval_step=1'], rgb_teacher=[90.0, 90.0])]   # 1.5x, not a doubling
+    rows = ablate.report.schedule_doubling(records)
+    assert [(r['variant'], r['epochs']) for r in rows] == [('rgb_teacher', [50, 100]), ('cmx', [50, 100])]
+    teacher, cmx = rows
+    # Teacher: +5 against the larger sd, sqrt(2) = 1.41: still improving.
+    assert teacher['rise'] == pytest.approx(5) and teacher['bound'] == pytest.approx(2 ** 0.5)
+    assert teacher['converged'] is False
+    # CMX: +0.4; its sds (0.14, one seed) are below the 1-point floor, which is the bound: converged.
+    assert cmx['rise'] == pytest.approx(0.4) and cmx['bound'] == ablate.report.PLATEAU_FLOOR and cmx['converged']
+    table = ablate.report.doubling_table(rows)
+    assert '| config/demo.py eval_step=1 | rgb_teacher | 50 → 100 | 2, 2 | 71.0 → 76.0 | +5.0 | 1.4 | no |' in table
+    assert '| cmx | 50 → 100 | 2, 1 | 80.1 → 80.5 | +0.4 | 1.0 | yes |' in table
+
+
+def test_schedule_rule_tool_refuses_what_is_not_a_grid(tmp_path, capsys):
+    from tools import schedule_rule
+    other = tmp_path / 'benchmark.json'
+    other.write_text('{"rows": []}')
+    for argv, expected in (([str(tmp_path / 'missing.json')], "missing.json': cannot read a grid's results.json"),
+                           ([str(other)], 'not a grid\'s results.json (no config, opts, variants, schedule_rule)')):
+        with mock.patch.object(sys, 'argv', ['schedule_rule.py', *argv]), pytest.raises(SystemExit) as e:
+            schedule_rule.main()
+        assert expected in str(e.value) and '\n' not in str(e.value)
+    lone = tmp_path / 'results.json'
+    lone.write_text(json.dumps(grid_of(12, [], cmx=[50.0, 51.0])))
+    with mock.patch.object(sys, 'argv', ['schedule_rule.py', str(lone)]), pytest.raises(SystemExit) as e:
+        schedule_rule.main()
+    assert 'no two of these grids' in str(e.value)
 
 
 def run_grid(out, opts, *extra):

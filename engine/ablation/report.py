@@ -26,11 +26,18 @@ from .grid import repo_path
 RESULTS_FILE = 'results.json'
 TABLE_FILE = 'table.md'
 CURVES_FILE = 'curves.png'
-# The schedule rule: training has stopped improving when, for each of these variants, the seeds' mean
-# test mIoU rose by less than one seed-sd of the final figures over the last third of the epochs
-# (each end smoothed over SMOOTHING evaluated epochs, as single evaluations are noisy).
+# The schedule rule, in two halves, each for every one of PLATEAU_VARIANTS.
+# Within a grid (schedule_evidence): over the last third of the epochs the seeds' mean test mIoU rose
+# by less than one seed-sd of the final figures (each end smoothed over SMOOTHING evaluated epochs, as
+# single evaluations are noisy).
+# Across grids (schedule_doubling), the decisive half: doubling the epochs raises the seeds' mean
+# last-checkpoint mIoU by less than the larger seed-sd of the two schedules, and by less than
+# PLATEAU_FLOOR points whatever the sd. The first half alone cannot tell: under a poly learning-rate
+# schedule the end of any run flattens as the rate decays. The floor is there because two seeds'
+# sd is a poor estimate of seed noise (0.1 for the 200-epoch teacher, 1.3 to 2.1 elsewhere).
 PLATEAU_VARIANTS = ('rgb_teacher', 'cmx')
 SMOOTHING = 3
+PLATEAU_FLOOR = 1.0
 
 
 def read_results(cells):
@@ -236,6 +243,50 @@ def docs_excerpt(record: dict) -> str:
         done = ' '.join(entry['miou']['seeds']) or '–'
         lines.append(f'| `{name}` | {done} | ' + ' | '.join(comparison_cells(name, entry, reference, boot)) + ' |')
     return '\n'.join(lines + [''] + schedule_table(record['schedule_rule'])) + '\n'
+
+
+def schedule_doubling(records: list) -> list:
+    """The across-grid half of the schedule rule, from results.json records: for every two grids of
+    one config and the same options but the epochs, the second twice the first, per plateau variant
+    with finished seeds in both, the seeds' mean last mIoU of each, the rise, the bound (the larger
+    seed-sd, at least PLATEAU_FLOOR) and whether the shorter schedule had converged (rise < bound)."""
+    def epochs(record):
+        counts = {item['epochs'] for item in record['schedule_rule'].values() if item}
+        return counts.pop() if len(counts) == 1 else None
+
+    def other_opts(record):
+        return record['config'], tuple(sorted(o for o in record['opts'] if not o.startswith('nepochs=')))
+    rows = []
+    for shorter in sorted(records, key=lambda r: (other_opts(r), epochs(r) or 0)):
+        for longer in records:
+            if epochs(shorter) is None or other_opts(longer) != other_opts(shorter) \
+                    or epochs(longer) != 2 * epochs(shorter):
+                continue
+            for name in PLATEAU_VARIANTS:
+                a, b = shorter['variants'].get(name), longer['variants'].get(name)
+                if not (a and b and a['miou']['n'] and b['miou']['n']):
+                    continue
+                sds = [x['miou']['sd'] for x in (a, b) if x['miou']['sd'] is not None]
+                bound = max([PLATEAU_FLOOR, *sds])
+                rise = b['miou']['mean'] - a['miou']['mean']
+                rows.append({'config': shorter['config'], 'opts': list(other_opts(shorter)[1]), 'variant': name,
+                             'epochs': [epochs(shorter), epochs(longer)], 'seeds': [a['miou']['n'], b['miou']['n']],
+                             'last': [a['miou']['mean'], b['miou']['mean']], 'rise': rise, 'bound': bound,
+                             'converged': rise < bound})
+    return rows
+
+
+def doubling_table(rows) -> str:
+    """schedule_doubling's rows as a Markdown table."""
+    lines = ['| config | variant | epochs | seeds | last mIoU | rise | bound | converged at the shorter |',
+             '|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        opts = ' '.join(row['opts'])
+        lines.append(f'| {row["config"]}{" " + opts if opts else ""} | {row["variant"]} | '
+                     f'{row["epochs"][0]} → {row["epochs"][1]} | {row["seeds"][0]}, {row["seeds"][1]} | '
+                     f'{figure(row["last"][0])} → {figure(row["last"][1])} | {figure(row["rise"], True)} | '
+                     f'{figure(row["bound"])} | {"yes" if row["converged"] else "no"} |')
+    return '\n'.join(lines) + '\n'
 
 
 def plot_curves(curves, order, path, title):
