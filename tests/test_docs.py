@@ -266,6 +266,12 @@ def test_the_grid_tables_of_results_md_are_the_benchmarks(name):
         f'docs/results.md does not show benchmarks/{name}/results.json (paste docs_excerpt of it)'
 
 
+def test_the_schedule_doubling_table_of_results_md_is_the_benchmarks():
+    from engine.ablation.report import doubling_table, schedule_doubling
+    assert doubling_table(schedule_doubling([grid_record(name) for name in GRID_RESULTS])) in read('docs/results.md'), \
+        'docs/results.md does not show `python tools/schedule_rule.py benchmarks/*/results.json`'
+
+
 def test_the_protocol_gaps_quoted_in_results_md_recompute():
     """The largest best - last and the largest change of a paired difference between the protocols,
     over every kept grid, are the figures the text quotes."""
