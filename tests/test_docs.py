@@ -245,6 +245,87 @@ def test_readme_figures_match_benchmarks(grid):
     assert quoted in readme or quoted_short in readme, f'README.md does not quote benchmarks/{grid}.json: {quoted}'
 
 
+def short_grid_claims():
+    """Every figure that results.md's "Does distillation help?" section quotes, as the text it is
+    quoted in, rebuilt from benchmarks/ablate_*.json."""
+    from utils.statistics import paired_interval
+    dd, nyu = ({name: entry for name, entry in grid_json(g)['variants'].items()}
+               for g in ('ablate_depth_decisive', 'ablate_nyu_like'))
+
+    def diff(grid, name):
+        d = grid[name]['difference']
+        return d['mean'], f"[{d['low']:+.1f}, {d['high']:+.1f}]"
+
+    def mean(grid, name):
+        return grid[name]['miou']['mean']
+
+    def classes(grid, name, *class_names):
+        return [grid[name]['class_iou_difference'][c] for c in class_names]
+
+    def paired(grid, name, reference):
+        seeds = sorted(grid[name]['miou']['seeds'])
+        m, low, high = paired_interval([grid[name]['miou']['seeds'][s] for s in seeds],
+                                       [grid[reference]['miou']['seeds'][s] for s in seeds])
+        return m, f'[{low:+.1f}, {high:+.1f}]'
+
+    def ratio(grid):
+        seeds = grid['rgb_teacher']['miou']['seeds']
+        per_seed = [seeds[s] / grid['cmx']['miou']['seeds'][s] for s in seeds]
+        return (f"{mean(grid, 'rgb_teacher') / mean(grid, 'cmx'):.3f} of the CMX baseline's mIoU" if grid is nyu
+                else f"{mean(grid, 'rgb_teacher') / mean(grid, 'cmx'):.3f} on"), \
+            f"({mean(grid, 'rgb_teacher'):.1f} against {mean(grid, 'cmx'):.1f}; per seed " \
+            f"{min(per_seed):.3f}–{max(per_seed):.3f})"
+    (p, p_iv), (pn, pn_iv) = diff(dd, 'primkd'), diff(nyu, 'primkd')
+    gaps = ', '.join(f'{-diff(g, student)[0]:.1f} of {-diff(g, teacher)[0]:.1f}' for g, student, teacher in (
+        (dd, 'primkd', 'rgb_teacher'), (dd, 'primkd_36ep_teacher', 'rgb_teacher_36ep'),
+        (dd, 'wide_teacher', 'rgb_teacher_b1'), (nyu, 'primkd', 'rgb_teacher')))
+    ball, panel, poster = classes(dd, 'primkd', 'ball', 'panel', 'poster')
+    teacher_gaps = classes(dd, 'rgb_teacher', 'ball', 'panel', 'poster')
+    t36 = dd['rgb_teacher_36ep']['miou']
+    s36, s36_iv = diff(dd, 'primkd_36ep_teacher')
+    panel36, poster36, ball36 = classes(dd, 'primkd_36ep_teacher', 'panel', 'poster', 'ball')
+    tpanel36, tposter36, tball36 = classes(dd, 'rgb_teacher_36ep', 'panel', 'poster', 'ball')
+    wide, wide_iv = paired(dd, 'rgb_teacher_b1', 'rgb_teacher')
+    confident, confident_iv = paired(dd, 'kl_confident', 'alpha_0.3')
+    claims = [*ratio(nyu), *ratio(dd),
+              f'PrimKD is {-p:.1f} points below the CMX baseline on `depth_decisive` rooms ({p_iv})',
+              f'{-pn:.1f} below on `nyu_like` rooms ({pn_iv})', f'({gaps} points)',
+              f"(-{-diff(dd, 'kl_only')[0]:.1f} and -{-diff(nyu, 'kl_only')[0]:.1f})",
+              '-%.1f (%s) on `depth_decisive`' % (-diff(dd, 'feat_only')[0], diff(dd, 'feat_only')[1]),
+              '-%.1f (%s) on `nyu_like`' % (-diff(nyu, 'feat_only')[0], diff(nyu, 'feat_only')[1]),
+              ', '.join(f'{diff(dd, n)[0]:.1f} at {a}' for n, a in (('feat_only', 'alpha 0'), ('alpha_0.1', '0.1'),
+                                                                    ('alpha_0.3', '0.3'))),
+              f"and {diff(dd, 'primkd')[0]:.1f} at 1, the paper's",
+              f'balls ({ball:.1f} IoU), panels ({panel:.1f}) and posters ({poster:.1f})',
+              f'{-max(teacher_gaps):.0f} to {-min(teacher_gaps):.0f} points below the baseline',
+              f"gains {t36['mean'] - mean(dd, 'rgb_teacher'):.1f} points ({t36['mean']:.1f} ± {t36['sd']:.1f})",
+              f'lands {-s36:.1f} below the baseline ({s36_iv})',
+              f"still {-diff(dd, 'rgb_teacher_36ep')[0]:.1f} points below the baseline",
+              f'panels ({panel36:.1f} IoU) and posters ({poster36:.1f}), where that teacher is {-tpanel36:.0f} '
+              f'and {-tposter36:.0f} points below the baseline, and on balls ({ball36:.1f}), although the teacher '
+              f'is only {-tball36:.1f} below there',
+              '`rgbx_teacher`: the same seed\'s RGB-D baseline, fused features as targets) costs %.1f points (%s)'
+              % (-diff(dd, 'rgbx_teacher')[0], diff(dd, 'rgbx_teacher')[1]),
+              f"{mean(dd, 'rgb_teacher_b1'):.1f} ± {dd['rgb_teacher_b1']['miou']['sd']:.1f}) is {wide:.1f} points "
+              f'above the B0 teacher, but that is not significant (paired interval {wide_iv})',
+              'its student costs %.1f (%s)' % (-diff(dd, 'wide_teacher')[0], diff(dd, 'wide_teacher')[1]),
+              'costs %.1f on `depth_decisive` (%s)' % (-diff(dd, 'kl_confident')[0], diff(dd, 'kl_confident')[1]),
+              f'(`kl_confident` - `alpha_0.3`: {confident:+.1f}, {confident_iv})',
+              'and %.1f on `nyu_like` (%s)' % (-diff(nyu, 'kl_confident')[0], diff(nyu, 'kl_confident')[1])]
+    return [' '.join(claim.split()) for claim in claims]
+
+
+def grid_json(name):
+    with open(os.path.join(REPO_ROOT, 'benchmarks', f'{name}.json')) as f:
+        return json.load(f)
+
+
+def test_the_short_grid_figures_of_results_md_recompute():
+    text = ' '.join(read('docs/results.md').split())
+    missing = [claim for claim in short_grid_claims() if claim not in text]
+    assert not missing, f'docs/results.md no longer quotes benchmarks/ablate_*.json as: {missing}'
+
+
 def test_the_corruption_table_of_the_docs_is_the_codes():
     from dataloader.corruptions import markdown_table
     assert markdown_table() in read('docs/robustness.md')
