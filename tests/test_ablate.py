@@ -157,7 +157,7 @@ def test_schedule_doubling_rule_by_hand():
     assert '| cmx | 50 → 100 | 2, 1 | 80.1 → 80.5 | +0.4 | 1.0 | yes |' in table
 
 
-def test_schedule_rule_tool_refuses_what_is_not_a_grid(tmp_path, capsys):
+def test_schedule_rule_tool_refuses_what_is_not_a_grid(tmp_path):
     from tools import schedule_rule
     other = tmp_path / 'benchmark.json'
     other.write_text('{"rows": []}')

@@ -237,8 +237,7 @@ def test_backticked_paths_exist(doc):
 
 @pytest.mark.parametrize('grid', ['ablate_depth_decisive', 'ablate_nyu_like'])
 def test_readme_figures_match_benchmarks(grid):
-    with open(os.path.join(REPO_ROOT, 'benchmarks', f'{grid}.json')) as f:
-        difference = json.load(f)['variants']['primkd']['difference']
+    difference = grid_json(grid)['variants']['primkd']['difference']
     quoted = f"{difference['mean']:.1f} mIoU ([{difference['low']:.1f}, {difference['high']:.1f}])"
     quoted_short = f"{difference['mean']:.1f} ([{difference['low']:.1f}, {difference['high']:.1f}])"
     readme = ' '.join(read('README.md').split())
@@ -249,8 +248,7 @@ def short_grid_claims():
     """Every figure that results.md's "Does distillation help?" section quotes, as the text it is
     quoted in, rebuilt from benchmarks/ablate_*.json."""
     from utils.statistics import paired_interval
-    dd, nyu = ({name: entry for name, entry in grid_json(g)['variants'].items()}
-               for g in ('ablate_depth_decisive', 'ablate_nyu_like'))
+    dd, nyu = (grid_json(g)['variants'] for g in ('ablate_depth_decisive', 'ablate_nyu_like'))
 
     def diff(grid, name):
         d = grid[name]['difference']

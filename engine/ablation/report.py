@@ -256,12 +256,11 @@ def schedule_doubling(records: list) -> list:
 
     def other_opts(record):
         return record['config'], tuple(sorted(o for o in record['opts'] if not o.startswith('nepochs=')))
+    grids = sorted(((other_opts(r), epochs(r), r) for r in records if epochs(r) is not None),
+                   key=lambda grid: grid[:2])
     rows = []
-    for shorter in sorted(records, key=lambda r: (other_opts(r), epochs(r) or 0)):
-        for longer in records:
-            if epochs(shorter) is None or other_opts(longer) != other_opts(shorter) \
-                    or epochs(longer) != 2 * epochs(shorter):
-                continue
+    for (opts, short_epochs, shorter) in grids:
+        for (_, _, longer) in (g for g in grids if g[0] == opts and g[1] == 2 * short_epochs):
             for name in PLATEAU_VARIANTS:
                 a, b = shorter['variants'].get(name), longer['variants'].get(name)
                 if not (a and b and a['miou']['n'] and b['miou']['n']):
@@ -269,8 +268,8 @@ def schedule_doubling(records: list) -> list:
                 sds = [x['miou']['sd'] for x in (a, b) if x['miou']['sd'] is not None]
                 bound = max([PLATEAU_FLOOR, *sds])
                 rise = b['miou']['mean'] - a['miou']['mean']
-                rows.append({'config': shorter['config'], 'opts': list(other_opts(shorter)[1]), 'variant': name,
-                             'epochs': [epochs(shorter), epochs(longer)], 'seeds': [a['miou']['n'], b['miou']['n']],
+                rows.append({'config': opts[0], 'opts': list(opts[1]), 'variant': name,
+                             'epochs': [short_epochs, 2 * short_epochs], 'seeds': [a['miou']['n'], b['miou']['n']],
                              'last': [a['miou']['mean'], b['miou']['mean']], 'rise': rise, 'bound': bound,
                              'converged': rise < bound})
     return rows
