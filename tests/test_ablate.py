@@ -3,10 +3,12 @@ summary of finished cells, a real grid killed after its first cell and run again
 stopped with one line before any work."""
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from unittest import mock
 
@@ -199,7 +201,9 @@ def killed_and_rerun(dataset, tmp_path_factory):
     proc.wait()
     snapshot = {name: open(os.path.join(first, name), 'rb').read()
                 for name in (ablate.CELL_RESULT, ablate.CELL_SPEC, 'teacher/train.log', 'teacher/last.pth')}
-    rerun = subprocess.run(run_grid(out, opts), cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True)
+    # The rest side by side: the two students, whose teacher has finished, at once (--jobs 2).
+    rerun = subprocess.run(run_grid(out, opts, '--jobs', '2'), cwd=REPO_ROOT, env=launch_env(), capture_output=True,
+                           text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     return out, opts, first, snapshot, rerun.stdout
 
@@ -209,6 +213,11 @@ def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rer
     out, _, first, snapshot, stdout = killed_and_rerun
     assert 'cell 1 of 3: rgb_teacher seed 1: finished earlier, skipped' in stdout
     assert 'cell 3 of 3: primkd seed 1 done in' in stdout
+    # Both students started before either had finished; their output went to their cell.log.
+    lines = stdout.splitlines()
+    started = [n for n, line in enumerate(lines) if line.endswith(f"{ablate.CELL_LOG})") and 'seed 1 (output in' in line]
+    assert len(started) == 2 and max(started) < min(n for n, line in enumerate(lines) if ' done in ' in line)
+    assert 'epoch 1/1' in open(os.path.join(out, 'primkd', 'seed1', ablate.CELL_LOG)).read()
     for name, content in snapshot.items():
         assert open(os.path.join(first, name), 'rb').read() == content, name
     # The student learnt from the teacher cell of its seed: its last checkpoint.
@@ -304,6 +313,7 @@ def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
     (['--variants', 'rgb_teacher', '--teacher', DEMO_CONFIG], '--teacher replaces the rgb_teacher cells'),
     (['--opts', 'seed=4'], '--opts seed=...: the grid sets it'),
     (['--opts', 'lr=-1'], "config key 'lr'"),
+    (['--jobs', '0'], '--jobs: expected an integer >= 1, got 0'),
 ])
 def test_bad_input_is_one_line(dataset, tmp_path, capsys, args, needle):
     parser = ablate_tool.get_args_parser()
@@ -351,3 +361,60 @@ def test_files_that_are_no_cell_are_never_reused(dataset, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"cell cmx seed 1: '{stray}' holds files but no cell.json" in err and err.count('\n') == 1
     assert os.listdir(tmp_path / 'grid') == ['cmx'] and os.listdir(stray) == ['notes.txt']
+
+
+def script_cell(tmp_path, variant, teacher=None, fail=False):
+    """A cell whose commands are small Python processes: training writes done.txt (after checking that
+    its teacher's exists, and staying alive until a go.txt beside the cells appears), evaluation writes
+    result.json, or training fails."""
+    folder = tmp_path / variant / 'seed1'
+    check = f'assert os.path.isfile({str(tmp_path / teacher / "seed1" / "done.txt")!r}); ' if teacher else ''
+    train = ('import os, sys, time; ' + check +
+             f'[time.sleep(0.01) for _ in iter(lambda: os.path.isfile({str(tmp_path / "go.txt")!r}), True)]; '
+             + ('sys.exit(3)' if fail else f'open({str(folder / "done.txt")!r}, "w").close()'))
+    evaluate = f'open({str(folder / ablate.CELL_RESULT)!r}, "w").write("{{}}")'
+    spec = {'variant': variant, 'teacher': {'cell': f'{teacher} seed 1'} if teacher else None}
+    return ablate.Cell(variant, 1, str(folder), 'student', [sys.executable, '-c', train],
+                       [sys.executable, '-c', evaluate], spec)
+
+
+def test_jobs_run_cells_side_by_side_and_students_after_their_teachers(tmp_path, capsys):
+    # a and b have no teacher; c learns from a. go.txt lets training end; it is written once a and b
+    # have both started, or after two minutes if they never run at once (and then the test fails).
+    cells = [script_cell(tmp_path, 'a'), script_cell(tmp_path, 'b'), script_cell(tmp_path, 'c', teacher='a')]
+    together = []
+
+    def release():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not together:
+            if all(os.path.isfile(tmp_path / name / 'seed1' / ablate.CELL_SPEC) for name in 'ab'):
+                together.append(True)
+            time.sleep(0.01)
+        (tmp_path / 'go.txt').write_text('')
+    threading.Thread(target=release, daemon=True).start()
+    reports = []
+    ablate.run_grid(cells, jobs=2, on_cell_done=lambda: reports.append(1))
+    assert together, 'a and b did not run at the same time'
+    lines = capsys.readouterr().out.splitlines()
+    starts = [n for n, line in enumerate(lines) if line.startswith('cell ') and '(output in' in line]
+    dones = {line.split(': ')[1].split(' done')[0]: n for n, line in enumerate(lines) if ' done in ' in line}
+    assert len(starts) == 3 and len(dones) == 3 and len(reports) == 3
+    # c started only after a had finished (its training asserts so too), and it ran: result.json.
+    assert starts[2] > dones['a seed 1'] and 'cell 3 of 3: c seed 1' in lines[starts[2]]
+    for cell in cells:
+        assert os.path.isfile(cell.result_path)
+        log = open(os.path.join(cell.folder, ablate.CELL_LOG)).read()
+        assert log.count('>> ') == 2 and shlex.join(cell.train_command) in log
+
+
+def test_after_a_failed_cell_its_students_never_start(tmp_path, capsys):
+    (tmp_path / 'go.txt').write_text('')
+    cells = [script_cell(tmp_path, 'a', fail=True), script_cell(tmp_path, 'b'),
+             script_cell(tmp_path, 'c', teacher='a')]
+    with pytest.raises(ablate.CellFailed) as failed:
+        ablate.run_grid(cells, jobs=2)
+    assert failed.value.status == 3 and 'cell 1 of 3: a seed 1 failed' in str(failed.value)
+    assert os.path.join(cells[0].folder, ablate.CELL_LOG) in str(failed.value)
+    # b ran beside a to its end; c, a's student, never started.
+    assert os.path.isfile(cells[1].result_path)
+    assert not os.path.exists(cells[2].folder) and 'c seed 1' not in capsys.readouterr().out

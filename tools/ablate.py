@@ -49,6 +49,13 @@ that reproduce each cell.
 Running the same command again skips finished cells and continues unfinished ones. A cell whose
 recorded cell.json differs from what the command asks for now is refused, naming the difference;
 --rerun-changed deletes such cells and runs them again.
+
+Side by side: --jobs N runs up to N cells at once, each with its own train.sh and val.sh, a student as
+soon as its teacher cell has finished; each cell's output then goes to DIR/<variant>/seed<N>/cell.log,
+and this tool prints when each cell starts and ends. The cells run the same commands as with --jobs 1.
+It is meant for CPU cores: each cell uses OMP_NUM_THREADS threads, so
+set N x OMP_NUM_THREADS to at most the cores. On GPUs every cell's train.sh takes all visible GPUs: keep
+--jobs 1 there. After a failed cell no new cell starts; the running ones finish first.
 """
 import argparse
 import os
@@ -85,6 +92,8 @@ def get_args_parser():
                         help='also evaluate every finished cell on corrupted test inputs (as val.py --corrupt) '
                              'and write DIR/robustness.json, .md and .png with paired differences to the '
                              'reference per corruption')
+    parser.add_argument('--jobs', type=int, default=1, metavar='N',
+                        help='cells run at once (default: %(default)s); see "Side by side" above')
     parser.add_argument('--report-only', action='store_true',
                         help='write the figures of the finished cells without running any cell')
     return parser
@@ -93,6 +102,8 @@ def get_args_parser():
 def main(args, parser):
     config_name = os.path.splitext(os.path.basename(args.config))[0]
     out = os.path.abspath(args.out or os.path.join(REPO_ROOT, 'log', 'ablate', config_name))
+    if args.jobs < 1:
+        parser.exit(2, f'{parser.prog}: error: --jobs: expected an integer >= 1, got {args.jobs}\n')
     try:
         variants = {**BUILT_IN_VARIANTS, **(load_variants_file(args.variants_file) if args.variants_file else {})}
         order, cells = plan_grid(args.config, args.variants, args.seeds, out, args.opts, args.reference,
@@ -106,7 +117,7 @@ def main(args, parser):
                             image_hists=image_hists if bootstrap else None)
     try:
         if not args.report_only:
-            run_grid(cells, args.rerun_changed, on_cell_done=report)
+            run_grid(cells, args.rerun_changed, on_cell_done=report, jobs=args.jobs)
     except GridError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     except CellFailed as e:

@@ -4,10 +4,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 from config import REPO_ROOT, ConfigError, load_config, parse_overrides
@@ -163,6 +165,11 @@ def cell_state(cell):
     return 'new', None
 
 
+def teacher_cell(cell):
+    """The name of the cell whose checkpoint teaches this one, None without one in the grid."""
+    return (cell.spec.get('teacher') or {}).get('cell')
+
+
 def check_cells(cells, rerun_changed):
     """{cell name: state}; GridError for a cell that cannot be reused or continued."""
     states, changed = {}, []
@@ -171,7 +178,7 @@ def check_cells(cells, rerun_changed):
         if state == 'foreign':
             raise GridError(f"cell {cell.name}: '{cell.folder}' holds files but no {CELL_SPEC}; move them "
                             f"away or choose another --out")
-        teacher = (cell.spec.get('teacher') or {}).get('cell')
+        teacher = teacher_cell(cell)
         if state == 'changed':
             changed.append((cell, spec_difference(recorded, cell.spec)))
         elif state != 'new' and states.get(teacher) == 'changed':
@@ -203,33 +210,79 @@ def launcher_env():
     return env
 
 
-def run_grid(cells, rerun_changed=False, on_cell_done=None):
-    """Runs every cell not finished yet, in order; checks them all first."""
+CELL_LOG = 'cell.log'            # in a cell folder: its commands' output when cells run side by side
+
+
+def run_cell(cell, env, log_path=None):
+    """Trains then evaluates one cell; (status, the command that failed) or (0, None). With
+    `log_path` the commands' output goes to that file instead of this process's."""
+    os.makedirs(cell.folder, exist_ok=True)
+    write_json(os.path.join(cell.folder, CELL_SPEC), cell.spec)
+    log = open(log_path, 'a') if log_path else None
+    try:
+        for command in (cell.train_command, cell.val_command):
+            print('>> ' + shlex.join(command), flush=True, **({'file': log} if log else {}))
+            status = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log).returncode
+            if status:
+                return status, command
+        return 0, None
+    finally:
+        if log:
+            log.close()
+
+
+def run_grid(cells, rerun_changed=False, on_cell_done=None, jobs=1):
+    """Runs every cell not finished yet, up to `jobs` at once, each as soon as its teacher cell has
+    finished, in grid order otherwise; checks them all first. On a failure no new cell starts, the
+    running ones finish, and CellFailed names the first that failed."""
     states = check_cells(cells, rerun_changed)
     env = launcher_env()
     start = time.perf_counter()
-    for k, cell in enumerate(cells, 1):
-        label = f'cell {k} of {len(cells)}: {cell.name}'
+    labels = {cell.name: f'cell {k} of {len(cells)}: {cell.name}' for k, cell in enumerate(cells, 1)}
+    finished, waiting = set(), []
+    for cell in cells:
         if states[cell.name] == 'finished':
-            print(f'{label}: finished earlier, skipped', flush=True)
+            print(f'{labels[cell.name]}: finished earlier, skipped', flush=True)
+            finished.add(cell.name)
+        else:
+            waiting.append(cell)
+    done = queue.Queue()   # (cell, status, command, start time) from the cells' threads
+    running, failure = 0, None
+
+    def work(cell, cell_start):
+        log_path = os.path.join(cell.folder, CELL_LOG) if jobs > 1 else None
+        done.put((cell, *run_cell(cell, env, log_path), cell_start))
+
+    while waiting or running:
+        ready = [c for c in waiting if teacher_cell(c) is None or teacher_cell(c) in finished]
+        for cell in ready[:jobs - running] if failure is None else []:
+            waiting.remove(cell)
+            label = labels[cell.name]
+            if states[cell.name] == 'changed':
+                shutil.rmtree(cell.folder)
+                print(f'{label}: its settings changed; deleted {cell.folder} to run it again', flush=True)
+            where = f' (output in {os.path.join(cell.folder, CELL_LOG)})' if jobs > 1 else ''
+            print(f'{label}{where}', flush=True)
+            threading.Thread(target=work, args=(cell, time.perf_counter()), daemon=True).start()
+            running += 1
+        if not running:
+            break   # after a failure: what waits is not started
+        cell, status, command, cell_start = done.get()
+        running -= 1
+        label = labels[cell.name]
+        if status:
+            failure = failure or CellFailed(
+                f'{label} failed: {command[1]} exited with status {status} (its message is '
+                f'{"in " + os.path.join(cell.folder, CELL_LOG) if jobs > 1 else "above"}); run the same '
+                f'command again to continue', status)
             continue
-        if states[cell.name] == 'changed':
-            shutil.rmtree(cell.folder)
-            print(f'{label}: its settings changed; deleted {cell.folder} to run it again', flush=True)
-        print(f'{label}', flush=True)
-        cell_start = time.perf_counter()
-        os.makedirs(cell.folder, exist_ok=True)
-        write_json(os.path.join(cell.folder, CELL_SPEC), cell.spec)
-        for command in (cell.train_command, cell.val_command):
-            print('>> ' + shlex.join(command), flush=True)
-            status = subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
-            if status:
-                raise CellFailed(f'{label} failed: {command[1]} exited with status {status} (its message is '
-                                 f'above); run the same command again to continue', status)
+        finished.add(cell.name)
         now = time.perf_counter()
         print(f'{label} done in {now - cell_start:.0f} s ({now - start:.0f} s in all)', flush=True)
         if on_cell_done is not None:
             on_cell_done()
+    if failure is not None:
+        raise failure
 
 
 def ensure_grid_dataset(cfg):
