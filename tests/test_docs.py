@@ -244,6 +244,39 @@ def test_readme_figures_match_benchmarks(grid):
     assert quoted in readme or quoted_short in readme, f'README.md does not quote benchmarks/{grid}.json: {quoted}'
 
 
+def test_the_200_epoch_figures_of_readme_and_results_md_recompute():
+    """The prose around the 200-epoch table: PrimKD's differences to CMX under both protocols and the
+    bootstrap, the per-seed differences, the classes, best - last and the last-third gains."""
+    record = grid_record('schedule200_nyu_like')
+    variants = record['variants']
+    primkd, cmx, teacher = variants['primkd'], variants['cmx'], variants['rgb_teacher']
+    d, best, boot = primkd['difference'], primkd['difference_best'], primkd['bootstrap']
+    per_seed = [primkd['miou']['seeds'][s] - cmx['miou']['seeds'][s] for s in ('1', '2')]
+    classes = primkd['class_iou_difference']
+    rest = [abs(v) for c, v in classes.items() if c not in ('ball', 'crate', 'panel')]
+    evidence = record['schedule_rule']
+    readme = ' '.join(read('README.md').split())
+    assert (f"PrimKD is {d['mean']:+.1f} above it on the last checkpoint ([{d['low']:+.1f}, {d['high']:+.1f}] "
+            f"over seeds), but the bootstrap over the test images includes no difference "
+            f"([{boot['low']:+.1f}, {boot['high']:+.1f}]) and on best-on-test it is {best['mean']:+.1f}") in readme
+    assert boot['low'] < 0 < boot['high']
+    text = ' '.join(read('docs/results.md').split())
+    for claim in (
+            f"(+{per_seed[0]:.2f}, +{per_seed[1]:.2f}) that the t interval over seeds is "
+            f"[{d['low']:+.1f}, {d['high']:+.1f}]",
+            f"{boot['mean']:+.1f} [{boot['low']:+.1f}, {boot['high']:+.1f}], which includes no difference",
+            f"(ball, {classes['ball']:+.1f} IoU; crate {classes['crate']:+.1f}, panel {classes['panel']:+.1f}, "
+            f"the rest within ±{max(rest):.1f})",
+            f"the difference is gone**: {best['mean']:+.1f} [{best['low']:+.1f}, {best['high']:+.1f}]",
+            f"CMX gains {cmx['best_minus_last']['mean']:.1f} from picking its best test epoch, PrimKD "
+            f"{primkd['best_minus_last']['mean']:.1f}",
+            f"The teacher is {-teacher['difference']['mean']:.1f} below CMX at 200 epochs",
+            f"(+{evidence['cmx']['gain_last_third']:.1f} over the last third, seed sd "
+            f"{evidence['cmx']['final_sd']:.1f}); **the teacher has not** "
+            f"(+{evidence['rgb_teacher']['gain_last_third']:.1f},"):
+        assert claim in text, claim
+
+
 def short_grid_claims():
     """Every figure that results.md's "Does distillation help?" section quotes, as the text it is
     quoted in, rebuilt from benchmarks/ablate_*.json."""
