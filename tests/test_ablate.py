@@ -418,3 +418,13 @@ def test_after_a_failed_cell_its_students_never_start(tmp_path, capsys):
     # b ran beside a to its end; c, a's student, never started.
     assert os.path.isfile(cells[1].result_path)
     assert not os.path.exists(cells[2].folder) and 'c seed 1' not in capsys.readouterr().out
+
+
+def test_a_cell_folder_that_cannot_be_made_fails_the_cell_not_the_grid(tmp_path):
+    (tmp_path / 'go.txt').write_text('')
+    (tmp_path / 'a').write_text('a file where the cell folder a/seed1 should go')
+    cells = [script_cell(tmp_path, 'a'), script_cell(tmp_path, 'b')]
+    with pytest.raises(ablate.CellFailed) as failed:
+        ablate.run_grid(cells, jobs=2)
+    assert failed.value.status == 1 and 'cell 1 of 2: a seed 1 failed:' in str(failed.value)
+    assert str(tmp_path / 'a') in str(failed.value) and os.path.isfile(cells[1].result_path)

@@ -1,5 +1,6 @@
 """The cells of a grid (one variant and one seed each): their commands and specs, whether a recorded
 cell can be reused, and running the unfinished ones with the project's own launchers."""
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -214,21 +215,22 @@ CELL_LOG = 'cell.log'            # in a cell folder: its commands' output when c
 
 
 def run_cell(cell, env, log_path=None):
-    """Trains then evaluates one cell; (status, the command that failed) or (0, None). With
-    `log_path` the commands' output goes to that file instead of this process's."""
-    os.makedirs(cell.folder, exist_ok=True)
-    write_json(os.path.join(cell.folder, CELL_SPEC), cell.spec)
-    log = open(log_path, 'a') if log_path else None
+    """Trains then evaluates one cell: (0, None), or (status, why) for the first step that failed.
+    With `log_path` the commands' output goes to that file instead of this process's."""
     try:
-        for command in (cell.train_command, cell.val_command):
-            print('>> ' + shlex.join(command), flush=True, **({'file': log} if log else {}))
-            status = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log).returncode
-            if status:
-                return status, command
-        return 0, None
-    finally:
-        if log:
-            log.close()
+        os.makedirs(cell.folder, exist_ok=True)
+        write_json(os.path.join(cell.folder, CELL_SPEC), cell.spec)
+        # Without a log file, log is None: print and the commands write to this process's output.
+        with open(log_path, 'a') if log_path else contextlib.nullcontext() as log:
+            for command in (cell.train_command, cell.val_command):
+                print('>> ' + shlex.join(command), flush=True, file=log)
+                status = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log).returncode
+                if status:
+                    return status, (f'{command[1]} exited with status {status} (its message is '
+                                    f'{"in " + log_path if log_path else "above"})')
+    except OSError as e:   # the cell folder or its log could not be written: a failed cell, not a hang
+        return 1, str(e)
+    return 0, None
 
 
 def run_grid(cells, rerun_changed=False, on_cell_done=None, jobs=1):
@@ -246,7 +248,7 @@ def run_grid(cells, rerun_changed=False, on_cell_done=None, jobs=1):
             finished.add(cell.name)
         else:
             waiting.append(cell)
-    done = queue.Queue()   # (cell, status, command, start time) from the cells' threads
+    done = queue.Queue()   # (cell, status, why, start time) from the cells' threads
     running, failure = 0, None
 
     def work(cell, cell_start):
@@ -267,18 +269,15 @@ def run_grid(cells, rerun_changed=False, on_cell_done=None, jobs=1):
             running += 1
         if not running:
             break   # after a failure: what waits is not started
-        cell, status, command, cell_start = done.get()
+        cell, status, why, cell_start = done.get()
         running -= 1
-        label = labels[cell.name]
         if status:
-            failure = failure or CellFailed(
-                f'{label} failed: {command[1]} exited with status {status} (its message is '
-                f'{"in " + os.path.join(cell.folder, CELL_LOG) if jobs > 1 else "above"}); run the same '
-                f'command again to continue', status)
+            failure = failure or CellFailed(f'{labels[cell.name]} failed: {why}; run the same command again '
+                                            f'to continue', status)
             continue
         finished.add(cell.name)
         now = time.perf_counter()
-        print(f'{label} done in {now - cell_start:.0f} s ({now - start:.0f} s in all)', flush=True)
+        print(f'{labels[cell.name]} done in {now - cell_start:.0f} s ({now - start:.0f} s in all)', flush=True)
         if on_cell_done is not None:
             on_cell_done()
     if failure is not None:
