@@ -251,6 +251,16 @@ def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rer
 
 
 @pytest.mark.integration
+def test_jobs_without_omp_num_threads_say_how_to_share_the_cores(killed_and_rerun):
+    out, opts, _, _, _ = killed_and_rerun
+    env = {k: v for k, v in launch_env().items() if k != 'OMP_NUM_THREADS'}
+    proc = subprocess.run(run_grid(out, opts, '--jobs', '2'), cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f'OMP_NUM_THREADS={max(1, os.cpu_count() // 2)} shares them' in proc.stderr
+    assert proc.stdout.count('finished earlier, skipped') == 3
+
+
+@pytest.mark.integration
 def test_bootstrap_over_the_test_images_of_a_finished_grid(killed_and_rerun):
     out, opts, _, _, _ = killed_and_rerun
     proc = subprocess.run(run_grid(out, opts, '--report-only', '--bootstrap'), cwd=REPO_ROOT, env=launch_env(),

@@ -54,11 +54,12 @@ Side by side: --jobs N runs up to N cells at once, each with its own train.sh an
 soon as its teacher cell has finished; each cell's output then goes to DIR/<variant>/seed<N>/cell.log,
 and this tool prints when each cell starts and ends. The cells run the same commands as with --jobs 1.
 It is meant for CPU cores: each cell uses OMP_NUM_THREADS threads, so
-set N x OMP_NUM_THREADS to at most the cores. On GPUs every cell's train.sh takes all visible GPUs: keep
+set N x OMP_NUM_THREADS to at most the cores (unset, a note says so). On GPUs every cell's train.sh takes all visible GPUs: keep
 --jobs 1 there. After a failed cell no new cell starts; the running ones finish first.
 """
 import argparse
 import os
+import sys
 
 from config import REPO_ROOT, add_config_args
 from dataloader.corruptions import corruption_arg, unique_settings
@@ -115,6 +116,10 @@ def main(args, parser):
     def report(bootstrap=False):
         return write_report(cells, order, variants, args.reference, out, grid,
                             image_hists=image_hists if bootstrap else None)
+    if args.jobs > 1 and not args.report_only and 'OMP_NUM_THREADS' not in os.environ:
+        cores = os.cpu_count() or 1
+        print(f'note: --jobs {args.jobs} without OMP_NUM_THREADS: every cell may use all {cores} cores; '
+              f'OMP_NUM_THREADS={max(1, cores // args.jobs)} shares them', file=sys.stderr, flush=True)
     try:
         if not args.report_only:
             run_grid(cells, args.rerun_changed, on_cell_done=report, jobs=args.jobs)
