@@ -24,6 +24,7 @@ from .variants import (BUILT_IN_VARIANTS, GRID_KEYS, RGB_TEACHER, GridError, che
 
 CELL_SPEC = 'cell.json'          # in a cell folder: what the cell is
 CELL_RESULT = 'result.json'      # in a cell folder: val.py's figures for the last checkpoint
+CELL_LOG = 'cell.log'            # in a cell folder: its commands' output when cells run side by side
 
 
 @dataclasses.dataclass
@@ -211,9 +212,6 @@ def launcher_env():
     return env
 
 
-CELL_LOG = 'cell.log'            # in a cell folder: its commands' output when cells run side by side
-
-
 def run_cell(cell, env, log_path=None):
     """Trains then evaluates one cell: (0, None), or (status, why) for the first step that failed.
     With `log_path` the commands' output goes to that file instead of this process's."""
@@ -251,8 +249,7 @@ def run_grid(cells, rerun_changed=False, on_cell_done=None, jobs=1):
     done = queue.Queue()   # (cell, status, why, start time) from the cells' threads
     running, failure = 0, None
 
-    def work(cell, cell_start):
-        log_path = os.path.join(cell.folder, CELL_LOG) if jobs > 1 else None
+    def work(cell, log_path, cell_start):
         done.put((cell, *run_cell(cell, env, log_path), cell_start))
 
     while waiting or running:
@@ -263,9 +260,9 @@ def run_grid(cells, rerun_changed=False, on_cell_done=None, jobs=1):
             if states[cell.name] == 'changed':
                 shutil.rmtree(cell.folder)
                 print(f'{label}: its settings changed; deleted {cell.folder} to run it again', flush=True)
-            where = f' (output in {os.path.join(cell.folder, CELL_LOG)})' if jobs > 1 else ''
-            print(f'{label}{where}', flush=True)
-            threading.Thread(target=work, args=(cell, time.perf_counter()), daemon=True).start()
+            log_path = os.path.join(cell.folder, CELL_LOG) if jobs > 1 else None
+            print(f'{label} (output in {log_path})' if log_path else label, flush=True)
+            threading.Thread(target=work, args=(cell, log_path, time.perf_counter()), daemon=True).start()
             running += 1
         if not running:
             break   # after a failure: what waits is not started
