@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,7 @@ def train_epochs(run: Run, stop_after_epoch=None) -> None:
     best_miou = run.best_miou
     for epoch in range(run.start_epoch, cfg.nepochs + 1):
         run.epoch = epoch
+        started = time.perf_counter()
         means = train_one_epoch(train_model, run.teacher, run.loader, run.optimizer, run.scheduler, run.scaler,
                                 cfg, epoch, dist_info.device, AMP_DTYPES[run.amp], logger)
         du.average_batchnorm_buffers(run.model)
@@ -138,6 +140,7 @@ def train_epochs(run: Run, stop_after_epoch=None) -> None:
         logger.info(f'epoch {epoch}/{cfg.nepochs} ' + ' '.join(f'{k}={v:.4f}' for k, v in means.items()))
         if epoch % cfg.eval_step == 0 or epoch == cfg.nepochs:
             record['miou'] = validate(run.model, cfg, dist_info, run.val_dataset, run.amp, epoch, best_miou, logger)
+        record['seconds'] = round(time.perf_counter() - started, 2)   # training and evaluation: a grid's time left
         logger.epoch_record(record)
         improved = record.get('miou', -1.0) > best_miou
         best_miou = max(best_miou, record.get('miou', best_miou))

@@ -295,6 +295,25 @@ def _holder_text(holder) -> str:
     return (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}")
 
 
+def lock_holder(directory: str):
+    """The holder ({'pid', 'host', 'started'}) of a run directory's lock while a run on this host
+    holds it, None otherwise; for a lock taken on another host, which cannot be checked from here,
+    its holder. It only reads the lock file: a run starting at the same moment is not disturbed."""
+    try:
+        fd = os.open(run_file(directory, LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        holder = _read_holder(fd)
+    finally:
+        os.close(fd)
+    if not holder:
+        return None
+    if holder.get('host') != socket.gethostname():
+        return holder
+    return holder if isinstance(holder.get('pid'), int) and _running(holder['pid']) else None
+
+
 # Reading and resuming
 
 def read_training_checkpoint(path: str) -> dict:

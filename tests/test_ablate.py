@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from config import REPO_ROOT
 from engine import ablation as ablate
 from tools import ablate as ablate_tool
 from dataloader.synthetic_rooms import make_synthetic_dataset
-from helpers import DEMO_CONFIG, tiny_opts
+from helpers import DEMO_CONFIG, locked_by_another_process, tiny_opts
 
 
 @pytest.fixture(scope='module')
@@ -33,7 +34,7 @@ def dataset(tmp_path_factory):
 
 def grid_opts(dataset, **extra):
     """tiny_opts without log_dir: the grid gives every cell its own."""
-    return [o for o in tiny_opts(dataset, None, nepochs=1, **extra) if not o.startswith('log_dir=')]
+    return [o for o in tiny_opts(dataset, None, **{'nepochs': 1, **extra}) if not o.startswith('log_dir=')]
 
 
 def test_paired_interval_matches_a_hand_computation():
@@ -130,6 +131,59 @@ def test_schedule_rule_by_hand(tmp_path):
     # gain 18.3 against a final sd of 7.07: still improving.
     assert teacher['final_sd'] == pytest.approx(7.0711, abs=1e-3) and teacher['plateau'] is False
     assert rule['cmx'] is None
+
+
+def write_curve(cell, seconds, epochs):
+    """A cell as train.py leaves it after `epochs` epochs: its spec and metrics.jsonl, timed with
+    `seconds` per epoch (None: untimed, as an earlier version wrote them)."""
+    os.makedirs(os.path.join(cell.folder, cell.mode))
+    with open(os.path.join(cell.folder, ablate.CELL_SPEC), 'w') as f:
+        json.dump(cell.spec, f)
+    with open(os.path.join(cell.folder, cell.mode, 'metrics.jsonl'), 'w') as f:
+        for epoch in range(1, epochs + 1):
+            timed = {} if seconds is None else {'seconds': seconds}
+            f.write(json.dumps({'epoch': epoch, 'loss': 1.0, 'miou': 0.5 + epoch / 100, **timed}) + '\n')
+
+
+def test_status_says_where_each_cell_stands_without_touching_it(dataset, tmp_path):
+    out = tmp_path / 'grid'
+    opts = grid_opts(dataset, nepochs=10)
+    order, cells = ablate.plan_grid(DEMO_CONFIG, ['cmx'], [1, 2, 3, 4], str(out), opts, 'cmx')
+    assert order == ['cmx']
+    finished, training, stopped, new = cells
+    write_curve(finished, 3.0, 10)
+    with open(finished.result_path, 'w') as f:
+        json.dump({'miou': 0.61}, f)
+    write_curve(training, 4.0, 4)
+    write_curve(stopped, None, 6)
+    holder, release = locked_by_another_process(os.path.join(training.folder, 'student'))
+    dead, die = locked_by_another_process(os.path.join(stopped.folder, 'student'), die=True)
+    die.set()
+    dead.join(60)
+    assert os.path.exists(os.path.join(stopped.folder, 'student', 'run.lock'))   # left by a killed run
+    before = sorted(str(p) for p in out.rglob('*'))
+    try:
+        proc = subprocess.run([sys.executable, 'tools/ablate.py', '-c', DEMO_CONFIG, '--variants', 'cmx',
+                               '--seeds', '1', '2', '3', '4', '--out', str(out), '--status', '--opts', *opts],
+                              cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True)
+        after = sorted(str(p) for p in out.rglob('*'))
+    finally:
+        release.set()
+        holder.join(60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split(' | ')[0].lstrip('| '): line.split(' | ')[1:] for line in proc.stdout.splitlines()
+            if line.startswith('| cmx seed')}
+    assert rows['cmx seed 1'] == ['finished', '10/10', '61.0 (last checkpoint)', '60.0 (10)', '3.0', '– |']
+    assert rows['cmx seed 2'][0] == f'training (pid {holder.pid} on {socket.gethostname()})'
+    # 6 epochs left at its own 4 s.
+    assert rows['cmx seed 2'][1:] == ['4/10', '54.0 (epoch 4)', '54.0 (4)', '4.0', '24 s |']
+    # Untimed epochs: its variant's timed cells' mean rate, (3 + 4) / 2 s, for 4 epochs left.
+    assert rows['cmx seed 3'] == ['stopped: continues when the command is run again', '6/10', '56.0 (epoch 6)',
+                                  '56.0 (6)', "3.5 (its variant's)", '14 s |']
+    assert rows['cmx seed 4'] == ['not started', '0/10', '–', '–', "3.5 (its variant's)", '35 s |']
+    # 6 x 4 + 4 x 3.5 + 10 x 3.5 = 73 s.
+    assert proc.stdout.rstrip().endswith('1 of 4 cells finished; the others need about 73 s of cell time')
+    assert after == before   # nothing written, nothing started
 
 
 def grid_of(epochs, opts, **last):
@@ -248,6 +302,23 @@ def test_a_killed_grid_continues_without_rerunning_finished_cells(killed_and_rer
         assert 100 * cell['curve'][-1]['miou'] == pytest.approx(results['variants'][cell['variant']]['miou']['mean'],
                                                                 abs=1e-6)
     assert os.path.getsize(os.path.join(out, ablate.CURVES_FILE)) > 1000
+
+
+@pytest.mark.integration
+def test_status_of_a_finished_real_grid(killed_and_rerun):
+    out, opts, _, _, _ = killed_and_rerun
+    proc = subprocess.run(run_grid(out, opts, '--status'), cwd=REPO_ROOT, env=launch_env(), capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(out, ablate.RESULTS_FILE)) as f:
+        results = json.load(f)
+    for cell in results['cells']:
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"| {cell['variant']} seed 1 |"))
+        _, state, epochs, last, _, rate, _ = row.strip('| ').split(' | ')
+        miou = results['variants'][cell['variant']]['miou']['mean']
+        assert (state, epochs, last) == ('finished', '1/1', f'{miou:.1f} (last checkpoint)')
+        assert float(rate) == pytest.approx(cell['curve'][0]['seconds'], abs=0.05) and float(rate) > 0
+    assert proc.stdout.rstrip().endswith('3 of 3 cells finished')
 
 
 @pytest.mark.integration

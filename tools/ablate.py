@@ -46,7 +46,8 @@ seeds, with --bootstrap also a percentile bootstrap over the test images, the pe
 differences, every cell's learning curve and confusion matrix, the schedule rule, and the commands
 that reproduce each cell.
 
-Running the same command again skips finished cells and continues unfinished ones. A cell whose
+Running the same command again skips finished cells and continues unfinished ones; the same command
+with --status says where each cell stands (also while the grid runs) and how much cell time is left. A cell whose
 recorded cell.json differs from what the command asks for now is refused, naming the difference;
 --rerun-changed deletes such cells and runs them again.
 
@@ -67,6 +68,7 @@ from engine.ablation import (BUILT_IN_VARIANTS, RGB_TEACHER, CellFailed, GridErr
                              grid_record,
                              load_variants_file, plan_grid, run_grid, write_report)
 from engine.ablation.bootstrap import image_hists
+from engine.ablation.progress import status_table
 from engine.ablation.robustness_grid import ROBUSTNESS_FILES, write_robustness
 
 
@@ -97,6 +99,9 @@ def get_args_parser():
                         help='cells run at once (default: %(default)s); see "Side by side" above')
     parser.add_argument('--report-only', action='store_true',
                         help='write the figures of the finished cells without running any cell')
+    parser.add_argument('--status', action='store_true',
+                        help='print where each cell stands (finished, training, stopped, not started; epochs, '
+                             'test mIoU so far, cell time left) and exit, running and writing nothing')
     return parser
 
 
@@ -111,6 +116,9 @@ def main(args, parser):
                                  args.teacher, variants)
     except GridError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
+    if args.status:
+        print(status_table(cells), end='')
+        return
     grid = grid_record(args.config, args.opts, args.seeds, args.teacher, out)
 
     def report(bootstrap=False):

@@ -4,6 +4,7 @@ a reference variant (tools/ablate.py is its command line, tools/demo.py a one-se
 variants  what a variant is, the built-in ones, a user's file of them, the order of a grid
 grid      the cells: commands, specs, reuse of recorded cells, running them (side by side with jobs)
 report    the figures: last and best-on-test, paired differences, curves, the schedule rule
+progress  where a grid stands (--status): each cell's state, epochs, mIoU so far, time left
 bootstrap per-image confusion matrices of a cell, for the bootstrap over the test images
 robustness_grid  the cells under corrupted test inputs (--corrupt): per-cell rows, paired differences
 """
