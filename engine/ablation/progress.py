@@ -2,6 +2,7 @@
 or not started, its epochs, its test mIoU so far and the cell time it still needs, from the files its
 cells have written; it runs and writes nothing."""
 import json
+import socket
 import statistics
 
 from engine import run_dir as rd
@@ -36,10 +37,12 @@ def cell_progress(cell):
             last = 100 * json.load(f)['miou']
     elif state == 'unfinished':
         holder = rd.lock_holder(rd.run_dir(cell.folder, cell.mode))
-        if holder is not None:
+        if holder is not None and holder.get('host') != socket.gethostname():
+            state = f"locked by pid {holder.get('pid')} on host {holder.get('host')} (not checked from here)"
+        elif holder is not None:
             state = f"training (pid {holder.get('pid')} on {holder.get('host')})"
         elif done >= epochs:
-            state = 'trained, not evaluated: continues when the command is run again'
+            state = 'trained; its evaluation not written yet'
         else:
             state = 'stopped: continues when the command is run again'
     elif state == 'new':
