@@ -78,7 +78,6 @@ def status_table(cells) -> str:
         rate, rate_text = seconds_per_epoch(curve), ''
         if rate is None and cell.variant in variant_rates:
             rate, rate_text = statistics.mean(variant_rates[cell.variant]), " (its variant's)"
-
         if last is not None:
             time_left = '–'
         elif rate is None:
