@@ -317,7 +317,8 @@ def test_status_of_a_finished_real_grid(killed_and_rerun):
         _, state, epochs, last, _, rate, _ = row.strip('| ').split(' | ')
         miou = results['variants'][cell['variant']]['miou']['mean']
         assert (state, epochs, last) == ('finished', '1/1', f'{miou:.1f} (last checkpoint)')
-        assert float(rate) == pytest.approx(cell['curve'][0]['seconds'], abs=0.05) and float(rate) > 0
+        # One timed epoch: its rate is that epoch's seconds, printed to one decimal.
+        assert rate == f"{cell['curve'][0]['seconds']:.1f}" and float(rate) > 0
     assert proc.stdout.rstrip().endswith('3 of 3 cells finished')
 
 
