@@ -4,8 +4,11 @@ Only the main process writes; on other ranks every method does nothing, so calle
 Until open_files() the log goes to the console only and is kept, then written to the top of
 train.log: a run refused by a start-up check writes nothing into its run directory.
 """
+import glob
 import logging
 import logging.handlers
+import os
+import struct
 import sys
 
 from tqdm import tqdm
@@ -96,3 +99,23 @@ class RunLogger:
         for handler in list(self._log.handlers):
             handler.close()
             self._log.removeHandler(handler)
+
+
+def read_scalars(event_dir: str) -> dict:
+    """{tag: [(step, value, wall time), ...]} in the order written, from the TensorBoard event files
+    of a folder, for the tests and tools that check what a run logged. The files are TFRecord frames
+    (length u64, crc u32, payload, crc u32) of Event protos; tensorboardX writes but does not read."""
+    from tensorboardX.proto import event_pb2
+    scalars = {}
+    for path in sorted(glob.glob(os.path.join(event_dir, 'events.out.tfevents.*'))):
+        with open(path, 'rb') as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack('<Q', data[pos:pos + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value, event.wall_time))
+    return scalars

@@ -1,13 +1,9 @@
-"""Helpers shared by the tests: a free port for torchrun, a tiny run config, event and metric readers,
+"""Helpers shared by the tests: a free port for torchrun, a tiny run config, a metrics reader,
 a run directory locked by another process."""
-import glob
 import json
 import multiprocessing
 import os
 import socket
-import struct
-
-from tensorboardX.proto import event_pb2
 
 from config import REPO_ROOT
 from engine import run_dir as rd
@@ -31,25 +27,6 @@ def tiny_opts(dataset, log_dir, **extra):
             'train_scale_array': [0.75, 1.0, 1.25]}
     opts.update(extra)
     return [f'{k}={v!r}' for k, v in opts.items()]
-
-
-def read_scalars(event_dir):
-    """{tag: [(step, value), ...]} from the tfevents files of a folder (TFRecord framing:
-    length u64, crc u32, payload, crc u32)."""
-    scalars = {}
-    for path in sorted(glob.glob(os.path.join(event_dir, 'events.out.tfevents.*'))):
-        with open(path, 'rb') as f:
-            data = f.read()
-        pos = 0
-        while pos + 12 <= len(data):
-            (length,) = struct.unpack('<Q', data[pos:pos + 8])
-            payload = data[pos + 12:pos + 12 + length]
-            pos += 12 + length + 4
-            event = event_pb2.Event()
-            event.ParseFromString(payload)
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
 
 
 def read_metrics(run_dir):

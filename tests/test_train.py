@@ -20,13 +20,14 @@ import train
 from config import REPO_ROOT, load_config
 from dataloader.synthetic_rooms import make_synthetic_dataset
 from engine.cli import train_args_parser
+from engine.logger import read_scalars
 from engine.rng import resumable_rng_state, rng_state, set_rng_state
 from engine.run_dir import atomic_save, find_resume_checkpoint
 from engine.run_dir import read_training_checkpoint as read_checkpoint
 from engine.optim import build_optimizer, build_scheduler, load_optimizer_state, warmup_poly_factor
 from models.builder import build_model
 from models.weight_layouts import to_official_state_dict
-from helpers import DEMO_CONFIG, free_port, locked_by_another_process, read_metrics, read_scalars, tiny_opts
+from helpers import DEMO_CONFIG, free_port, locked_by_another_process, read_metrics, tiny_opts
 
 
 @pytest.fixture(scope='module')
@@ -225,7 +226,7 @@ def test_official_command_line_logs_every_term(dataset, teacher_checkpoint, tmp_
     for tag in ('loss', 'ce', 'kl', 'feat', 'feat_loss1', 'feat_loss2', 'feat_loss3', 'feat_loss4',
                 'selected_loss1', 'selected_loss2', 'selected_loss3', 'selected_loss4', 'lr'):
         assert len(scalars[f'train/{tag}']) == 2, tag  # one per iteration
-    for (_, loss), (_, ce), (_, kl), (_, feat) in zip(*(scalars[f'train/{t}'] for t in ('loss', 'ce', 'kl', 'feat'))):
+    for (_, loss, _), (_, ce, _), (_, kl, _), (_, feat, _) in zip(*(scalars[f'train/{t}'] for t in ('loss', 'ce', 'kl', 'feat'))):
         assert kl > 0 and feat > 0 and loss == pytest.approx(ce + kl + feat, rel=1e-5)
     for step in range(2):
         per_stage = [scalars[f'train/feat_loss{k}'][step][1] for k in range(1, 5)]
@@ -247,7 +248,7 @@ def test_zero_alpha_and_beta_is_cross_entropy_alone(dataset, tmp_path):
               '--opts', *tiny_opts(dataset, log_dir, nepochs=1, teacher_checkpoint=None)])
     scalars = read_scalars(os.path.join(log_dir, 'student', 'tb'))
     assert 'train/kl' not in scalars and 'train/feat' not in scalars
-    assert [v for _, v in scalars['train/loss']] == [v for _, v in scalars['train/ce']]
+    assert [v for _, v, _ in scalars['train/loss']] == [v for _, v, _ in scalars['train/ce']]
 
 
 @pytest.mark.parametrize('enabled', [True, False])
@@ -416,7 +417,7 @@ def test_resume_applies_allowed_changes_and_refuses_others(dataset, tmp_path, ca
     run_main(argv + ['--resume', 'auto', '--allow-config-change'] + opts(nepochs=2, lr=lr / 10))
     saved = load_config(os.path.join(run_dir, 'config.py'))
     assert (saved.lr, saved.nepochs) == (lr / 10, 2)   # config.py says what the run used
-    lrs = dict(read_scalars(os.path.join(run_dir, 'tb'))['train/lr'])
+    lrs = {step: lr for step, lr, _ in read_scalars(os.path.join(run_dir, 'tb'))['train/lr']}
     for step in (2, 3):   # epoch 2 of a 2-epoch schedule of 2 iterations each, 1 epoch of warm-up
         assert lrs[step] == pytest.approx(lr / 10 * warmup_poly_factor(step, 4, 2, saved.lr_power), rel=1e-6)
     log = open(os.path.join(run_dir, 'train.log')).read()

@@ -39,7 +39,6 @@ import re
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -114,22 +113,13 @@ def compile_fallbacks(text):
 
 
 def read_wall_times(event_dir, tag='train/loss'):
-    """{step: (wall time, value)} of one scalar from the TensorBoard files of a folder (TFRecord
-    framing: length u64, crc u32, payload, crc u32); a step written twice keeps the later one."""
-    from tensorboardX.proto import event_pb2
+    """{step: (wall time, value)} of one scalar from the TensorBoard files of a folder; a step written
+    twice (a resumed run) keeps the later one."""
+    from engine.logger import read_scalars
     found = {}
-    for path in sorted(glob.glob(os.path.join(event_dir, 'events.out.tfevents.*'))):
-        with open(path, 'rb') as f:
-            data = f.read()
-        pos = 0
-        while pos + 12 <= len(data):
-            (length,) = struct.unpack('<Q', data[pos:pos + 8])
-            event = event_pb2.Event()
-            event.ParseFromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for value in event.summary.value:
-                if value.tag == tag and (event.step not in found or event.wall_time >= found[event.step][0]):
-                    found[event.step] = (event.wall_time, value.simple_value)
+    for step, value, wall_time in read_scalars(event_dir).get(tag, []):
+        if step not in found or wall_time >= found[step][0]:
+            found[step] = (wall_time, value)
     return found
 
 
