@@ -396,6 +396,7 @@ def test_a_changed_cell_is_refused_in_one_line(killed_and_rerun):
     (['--opts', 'seed=4'], '--opts seed=...: the grid sets it'),
     (['--opts', 'lr=-1'], "config key 'lr'"),
     (['--jobs', '0'], '--jobs: expected an integer >= 1, got 0'),
+    (['--report-only'], "does not exist; --report-only reports the cells a grid has run there"),
 ])
 def test_bad_input_is_one_line(dataset, tmp_path, capsys, args, needle):
     parser = ablate_tool.get_args_parser()

@@ -119,6 +119,9 @@ def main(args, parser):
     if args.status:
         print(status_table(cells), end='')
         return
+    if args.report_only and not os.path.isdir(out):
+        parser.exit(2, f"{parser.prog}: error: --out: '{out}' does not exist; --report-only reports the cells "
+                       f"a grid has run there\n")
     grid = grid_record(args.config, args.opts, args.seeds, args.teacher, out)
 
     def report(bootstrap=False):
