@@ -123,6 +123,10 @@ def test_schedule_rule_by_hand(tmp_path):
     a = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]   # at 4: (20+30+40)/3 = 30, at 6: 50
     b = [0.1, 0.2, 0.3, 0.4, 0.5, 0.5]   # at 4: 30, at 6: (40+50+50)/3 = 46.67
     cells = [curve_cell(tmp_path, 'rgb_teacher', 1, a, 0.6), curve_cell(tmp_path, 'rgb_teacher', 2, b, 0.5)]
+    # Seed 3 is still training (no result.json): its 2 epochs neither shorten the schedule nor count.
+    training = curve_cell(tmp_path, 'rgb_teacher', 3, [0.9, 0.9], 0.9)
+    os.remove(training.result_path)
+    cells.append(training)
     curves = ablate.report.read_curves(cells)
     summary, _ = ablate.summarise(ablate.read_results(cells), curves, cells, ['rgb_teacher'], 'rgb_teacher')
     rule = ablate.report.schedule_evidence(curves, summary)
@@ -130,6 +134,7 @@ def test_schedule_rule_by_hand(tmp_path):
     assert teacher['at_two_thirds'] == pytest.approx(30) and teacher['at_end'] == pytest.approx((50 + 140 / 3) / 2)
     # gain 18.3 against a final sd of 7.07: still improving.
     assert teacher['final_sd'] == pytest.approx(7.0711, abs=1e-3) and teacher['plateau'] is False
+    assert (teacher['epochs'], teacher['seeds']) == (6, 2)
     assert rule['cmx'] is None
 
 

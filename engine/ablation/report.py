@@ -121,13 +121,15 @@ def summarise(results, curves, cells, order, reference):
 def schedule_evidence(curves, summary, variants=PLATEAU_VARIANTS):
     """Per variant: the seeds' mean test mIoU at two thirds of training and at the end (each the mean
     of SMOOTHING evaluated epochs up to it), the gain between them, the seed-sd of the final figures,
-    and whether the gain is below that sd (the rule). None for a variant without finished seeds."""
+    and whether the gain is below that sd (the rule). None for a variant without finished seeds.
+    Only finished seeds count: a cell still training would cut the epochs short and mix in its figures."""
     evidence = {}
     for name in variants:
+        finished = summary[name]['miou']['seeds'] if name in summary else {}
         seed_curves = [[(r['epoch'], 100 * r['miou']) for r in curve if 'miou' in r]
-                       for (variant, _), curve in sorted(curves.items()) if variant == name and curve]
+                       for (variant, seed), curve in sorted(curves.items()) if variant == name and str(seed) in finished]
         seed_curves = [c for c in seed_curves if c]
-        if name not in summary or not seed_curves:
+        if not seed_curves:
             evidence[name] = None
             continue
         epochs = min(c[-1][0] for c in seed_curves)
